@@ -1,0 +1,106 @@
+"""``capsv`` command line: a dispatcher over :mod:`capsv.commands` (the logic is in the library)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .config import apply_config
+from .errors import CapsvError
+
+# subcommand -> module in capsv.commands (imported lazily so `capsv --help` stays fast)
+COMMANDS = {
+    "eval": "eval",
+}
+
+
+def _load(name: str):
+    return importlib.import_module(f"capsv.commands.{COMMANDS[name]}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="capsv", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Speaker verification with Cross Attentive Pooling (CAP).",
+        epilog="Run 'capsv <command> --help' for the flags of each command.")
+    parser.add_argument("--version", action="version", version=f"capsv {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name in COMMANDS:
+        module = _load(name)
+        p = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.HELP),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+    return parser
+
+
+def run_command(name: str, argv: list[str], prog: str | None = None) -> int:
+    """Parse ``argv`` for one subcommand (config file applied) and run it."""
+    module = _load(name)
+    parser = argparse.ArgumentParser(prog=prog or f"capsv {name}",
+                                     description=getattr(module, "DESCRIPTION", module.HELP),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        args = apply_config(args, parser, module.add_arguments, argv)
+        return int(module.run(args) or 0)
+    except CapsvError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        parser = build_parser()
+        if not argv:
+            parser.print_help()
+            return 0
+        parser.parse_args(argv)
+        return 0
+    if argv[0] not in COMMANDS:
+        build_parser().error(f"unknown command '{argv[0]}'; choose one of: {', '.join(COMMANDS)}")
+    return run_command(argv[0], argv[1:])
+
+
+def legacy_main(argv: list[str] | None = None) -> int:
+    """``python trainSpeakerNet.py`` with the seed README's flags: ``--eval`` evaluates, else trains."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--eval" in argv:
+        argv.remove("--eval")
+        name = "eval"
+    else:
+        name = "train"
+    if name not in COMMANDS:
+        print(f"trainSpeakerNet.py: '{name}' is not available in this version", file=sys.stderr)
+        return 2
+    if name == "eval" and "train" in COMMANDS:
+        argv = _train_flags_dropped(argv)
+    return run_command(name, argv, prog="trainSpeakerNet.py")
+
+
+def _train_flags_dropped(argv: list[str]) -> list[str]:
+    """Drop flags that only training uses, so a training command + --eval evaluates."""
+    eval_parser = argparse.ArgumentParser(add_help=False)
+    _load("eval").add_arguments(eval_parser)
+    train_parser = argparse.ArgumentParser(add_help=False)
+    _load("train").add_arguments(train_parser)
+    eval_flags = {s for a in eval_parser._actions for s in a.option_strings}
+    takes_value = {s: a.nargs != 0 for a in train_parser._actions for s in a.option_strings}
+    kept, i = [], 0
+    while i < len(argv):
+        flag = argv[i].split("=", 1)[0]
+        if flag.startswith("--") and flag not in eval_flags and flag in takes_value:
+            i += 1 + (takes_value[flag] and "=" not in argv[i])
+            continue
+        kept.append(argv[i])
+        i += 1
+    return kept
+
+
+if __name__ == "__main__":
+    sys.exit(main())

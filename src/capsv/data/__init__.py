@@ -1,0 +1,1 @@
+"""Data: lists, sampler, datasets, VoxCeleb preparation, augmentation, synthetic corpus."""

@@ -1,0 +1,72 @@
+"""Train lists (``speaker path``) and trial lists (``label path1 path2``).
+
+Both readers accept Windows line endings, a UTF-8 byte-order mark and blank lines, and
+reject anything else with the file name and line number.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import CapsvError
+
+
+class ListError(CapsvError):
+    """A malformed list; the message names the file and line."""
+
+
+def _lines(path: str):
+    """(line number, stripped text) for each non-blank line."""
+    if not os.path.isfile(path):
+        raise ListError(f"{path}: list file not found")
+    with open(path, encoding="utf-8-sig", newline=None) as f:
+        for number, line in enumerate(f, start=1):
+            text = line.strip()
+            if text:
+                yield number, text
+
+
+@dataclass(frozen=True)
+class Trial:
+    label: int
+    path1: str
+    path2: str
+
+
+def read_trials(path: str) -> list[Trial]:
+    """Parse a trial list; each line must be ``<0|1> <path1> <path2>``."""
+    trials = []
+    for number, text in _lines(path):
+        fields = text.split()
+        if len(fields) != 3:
+            raise ListError(f"{path}:{number}: expected 3 fields '<label> <path1> <path2>', "
+                            f"found {len(fields)}: {text[:120]!r}")
+        if fields[0] not in ("0", "1"):
+            raise ListError(f"{path}:{number}: label must be 0 or 1, found {fields[0]!r}")
+        trials.append(Trial(int(fields[0]), fields[1], fields[2]))
+    if not trials:
+        raise ListError(f"{path}: the trial list is empty")
+    return trials
+
+
+def read_train_list(path: str) -> list[tuple[str, str]]:
+    """Parse a train list into (speaker, relative path) pairs, in file order."""
+    items = []
+    for number, text in _lines(path):
+        fields = text.split()
+        if len(fields) != 2:
+            raise ListError(f"{path}:{number}: expected 2 fields '<speaker> <path>', "
+                            f"found {len(fields)}: {text[:120]!r}")
+        items.append((fields[0], fields[1]))
+    if not items:
+        raise ListError(f"{path}: the train list is empty")
+    return items
+
+
+def trial_files(trials: list[Trial]) -> list[str]:
+    """The distinct files of a trial list, sorted (the reference's order)."""
+    return sorted({t.path1 for t in trials} | {t.path2 for t in trials})
+
+
+def missing_files(root: str, relpaths: list[str]) -> list[str]:
+    return [p for p in relpaths if not os.path.isfile(os.path.join(root, p))]
