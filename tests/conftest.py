@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "fixtures" / "cap-reference"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """The original code's outputs (../shared/fixtures/cap-reference beside the repo)."""
+    if not REFERENCE.is_dir():
+        pytest.fail(f"reference fixtures not found at {REFERENCE}; the repo must sit beside shared/")
+    return REFERENCE
