@@ -7,7 +7,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "fixtures" / "cap-reference"
+REFERENCE = Path(os.environ.get("CAPSV_REFERENCE", REPO.parent / "shared" / "fixtures" / "cap-reference"))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -16,5 +16,5 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 def reference_dir() -> Path:
     """The original code's outputs (../shared/fixtures/cap-reference beside the repo)."""
     if not REFERENCE.is_dir():
-        pytest.fail(f"reference fixtures not found at {REFERENCE}; the repo must sit beside shared/")
+        pytest.fail(f"reference fixtures not found at {REFERENCE}; the repo must sit beside shared/ (or set CAPSV_REFERENCE)")
     return REFERENCE
