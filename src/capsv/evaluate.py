@@ -128,10 +128,9 @@ def score_pairs(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
             part = rows[start:start + chunk]
             sup = [pairs[r, 0] for r in part]
             qry = [pairs[r, 1] for r in part]
-            e_s, e_q = net.pooling.forward_grouped(
+            cos = net.pooling.score_grouped(
                 torch.stack([feats.frames[i] for i in sup]), torch.stack([feats.frames[i] for i in qry]),
                 hs=torch.stack([feats.proj[i] for i in sup]), hq=torch.stack([feats.proj[i] for i in qry]))
-            cos = (F.normalize(e_s, dim=-1) * F.normalize(e_q, dim=-1)).sum(-1)   # (G, Nq, Ns)
             scores[part] = cos.flatten(1).mean(dim=1).double().cpu().numpy()
             bar.update(len(part))
     bar.close()

@@ -63,17 +63,23 @@ def cap_attention(hs: torch.Tensor, hq: torch.Tensor, tau: float):
     Returns w_q (G, Nq, Ns, Tq) and w_s (G, Nq, Ns, Ts), each softmax + 1.
 
     With C = hq hs^T: c_s[u] = <mean_t hq_t, hs_u>, a_q[t] = <hq_t, sum_u c_s[u] hs_u>,
-    and symmetrically for the support side.
+    and symmetrically for the support side. Every step is a batched matmul over a
+    contiguous layout, so no (Tq, Ts) tensor and few copies are made.
     """
-    mean_q = hq.mean(dim=2)                                              # (G, Nq, D)
-    mean_s = hs.mean(dim=2)                                              # (G, Ns, D)
-    ctx_s = torch.einsum("gjud,gid->giju", hs, mean_q)                  # c_s: (G, Nq, Ns, Ts)
-    ctx_q = torch.einsum("gitd,gjd->gijt", hq, mean_s)                  # c_q: (G, Nq, Ns, Tq)
-    summary_s = torch.einsum("giju,gjud->gijd", ctx_s, hs)              # (G, Nq, Ns, D)
-    summary_q = torch.einsum("gijt,gitd->gijd", ctx_q, hq)
-    logit_q = torch.einsum("gitd,gijd->gijt", hq, summary_s) / tau
-    logit_s = torch.einsum("gjud,gijd->giju", hs, summary_q) / tau
-    return torch.softmax(logit_q, dim=-1) + 1, torch.softmax(logit_s, dim=-1) + 1
+    g, ns, ts, d = hs.shape
+    nq, tq = hq.shape[1], hq.shape[2]
+    mean_q, mean_s = hq.mean(dim=2), hs.mean(dim=2)                        # (G, Nq, D), (G, Ns, D)
+    # support side context c_s[g, j, u, i], then sum_u c_s hs_u -> (G, Nq, Ns, D)
+    ctx_s = torch.matmul(hs.reshape(g, ns * ts, d), mean_q.transpose(1, 2)).reshape(g * ns, ts, nq)
+    summary_s = torch.matmul(ctx_s.transpose(1, 2), hs.reshape(g * ns, ts, d))
+    summary_s = summary_s.reshape(g, ns, nq, d).transpose(1, 2)
+    logit_q = torch.matmul(summary_s, hq.transpose(2, 3))                     # (G, Nq, Ns, Tq)
+    # query side, mirrored: (G, Ns, Nq, Ts) computed, returned as a (G, Nq, Ns, Ts) view
+    ctx_q = torch.matmul(hq.reshape(g, nq * tq, d), mean_s.transpose(1, 2)).reshape(g * nq, tq, ns)
+    summary_q = torch.matmul(ctx_q.transpose(1, 2), hq.reshape(g * nq, tq, d))
+    summary_q = summary_q.reshape(g, nq, ns, d).transpose(1, 2)
+    logit_s = torch.matmul(summary_q, hs.transpose(2, 3)).transpose(1, 2)     # (G, Nq, Ns, Ts)
+    return torch.softmax(logit_q / tau, dim=-1) + 1, torch.softmax(logit_s / tau, dim=-1) + 1
 
 
 def cap_attention_literal(hs: torch.Tensor, hq: torch.Tensor, tau: float):
@@ -120,6 +126,25 @@ class CAP(nn.Module):
 
         ``hs``/``hq`` may carry precomputed :meth:`project` outputs, shaped (G, N, T, D).
         """
+        pooled_s, pooled_q = self._pool(support, query, hs, hq)
+        return F.linear(pooled_s, self.fc), F.linear(pooled_q, self.fc)
+
+    def score_grouped(self, support: torch.Tensor, query: torch.Tensor,
+                      hs: torch.Tensor | None = None, hq: torch.Tensor | None = None) -> torch.Tensor:
+        """cos(e_s, e_q) for every pair, (G, Nq, Ns), without forming the embeddings.
+
+        With P the projection and M = P^T P, cos(Pa, Pb) = a^T M b / sqrt(a^T M a b^T M b):
+        a D x D product instead of an E x D one per vector.
+        """
+        a, b = self._pool(support, query, hs, hq)
+        gram = self.fc.t() @ self.fc
+        a_m, b_m = a @ gram, b @ gram
+        dot = (a_m * b).sum(-1)
+        norms = ((a_m * a).sum(-1) * (b_m * b).sum(-1)).clamp_min(1e-24).sqrt()
+        return dot / norms
+
+    def _pool(self, support, query, hs, hq):
+        """Attention-pooled, batch-normalised pair vectors (pooled_s, pooled_q), each (G, Nq, Ns, D)."""
         g, ns, d, ts = support.shape
         nq, tq = query.shape[1], query.shape[3]
         if hs is None:
@@ -129,9 +154,8 @@ class CAP(nn.Module):
         attend = cap_attention_literal if self.literal else cap_attention
         w_q, w_s = attend(hs, hq, self.temperature)
         # Pool the backbone frames, not the projections: p[i,j] = mean_t w[i,j,t] x_t.
-        pooled_q = torch.einsum("gijt,gidt->gijd", w_q, query) / tq
-        pooled_s = torch.einsum("giju,gjdu->gijd", w_s, support) / ts
+        pooled_q = torch.matmul(w_q, query.transpose(2, 3)) / tq                       # (G, Nq, Ns, D)
+        pooled_s = torch.matmul(w_s.transpose(1, 2), support.transpose(2, 3)).transpose(1, 2) / ts
         both = torch.cat([pooled_q, pooled_s], dim=0).reshape(-1, d)
         both = F.relu(self.att_bn(both)).reshape(2 * g, nq, ns, d)
-        embedded = F.linear(both, self.fc)
-        return embedded[g:], embedded[:g]
+        return both[g:], both[:g]

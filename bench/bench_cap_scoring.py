@@ -1,0 +1,95 @@
+"""CAP trial scoring: batched low-cost form vs one literal trial per Python iteration.
+
+Part 1: 5,000 trials over 500 files (10 crops x 88 frames each, ResNetSE34L shapes), pairs/s.
+The literal baseline is timed on a subset (it is ~100x slower) and its scores must agree with
+the fast path within 1e-5 on that subset.
+Part 2: the CAP head alone at the paper's training batch (200 supports, 400 queries, 51 frames),
+forward + backward, literal vs low-cost form: time and peak memory (each in a fresh process).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import Timer, peak_rss_mb, row
+
+from capsv.evaluate import FileFeatures, score_pairs
+from capsv.pooling import CAP
+
+
+def literal_trial_score(cap: CAP, support: torch.Tensor, query: torch.Tensor) -> float:
+    """The reference's way: correlation tensor for one trial, then mean pair cosine."""
+    h_q = cap.meta_learner(query).permute(0, 2, 1).unsqueeze(1)            # (Nq, 1, Tq, D)
+    h_s = cap.meta_learner(support)                                        # (Ns, D, Ts)
+    cor_q = torch.matmul(F.normalize(h_q, dim=3), F.normalize(h_s, dim=1))  # (Nq, Ns, Tq, Ts)
+    cor_s = cor_q.permute(0, 1, 3, 2)
+    att_q = torch.softmax((cor_q * cor_q.mean(dim=2, keepdim=True) / cap.temperature).sum(3), 2) + 1
+    att_s = torch.softmax((cor_s * cor_s.mean(dim=2, keepdim=True) / cap.temperature).sum(3), 2) + 1
+    feat_q = (query.permute(0, 2, 1).unsqueeze(1) * att_q.unsqueeze(3)).mean(2)
+    feat_s = (support.permute(0, 2, 1).unsqueeze(0) * att_s.unsqueeze(3)).mean(2)
+    both = torch.cat([feat_q, feat_s]).reshape(-1, feat_q.shape[-1])
+    both = F.relu(cap.att_bn(both)).reshape(2, *feat_q.shape)
+    e_q, e_s = F.linear(both[0], cap.fc), F.linear(both[1], cap.fc)
+    return float((F.normalize(e_s, dim=2) * F.normalize(e_q, dim=2)).sum(2).mean())
+
+
+class _Net:
+    """Just enough of SpeakerNet for score_pairs."""
+    pairwise = True
+
+    def __init__(self, cap):
+        self.pooling = cap
+
+
+def scoring(n_files=500, n_trials=5000, n_literal=200, crops=10, frames=88, dim=128):
+    torch.manual_seed(0)
+    cap = CAP(dim, 512).eval()
+    with torch.no_grad():
+        cap.att_bn.running_var.uniform_(0.5, 2)
+    feats = FileFeatures()
+    with torch.inference_mode():
+        for i in range(n_files):
+            feats.frames[i] = torch.randn(crops, dim, frames).relu()
+            feats.proj[i] = cap.project(feats.frames[i])
+    pairs = np.random.default_rng(0).integers(0, n_files, (n_trials, 2))
+    with Timer() as fast:
+        fast_scores = score_pairs(_Net(cap), feats, pairs, progress=False)
+    with torch.inference_mode(), Timer() as slow:
+        literal = [literal_trial_score(cap, feats.frames[i], feats.frames[j]) for i, j in pairs[:n_literal]]
+    max_diff = float(np.abs(fast_scores[:n_literal] - np.array(literal)).max())
+    fast_rate, slow_rate = n_trials / fast.seconds, n_literal / slow.seconds
+    row("cap_scoring", trials=n_trials, files=n_files, fast_pairs_per_s=round(fast_rate, 1),
+        literal_pairs_per_s=round(slow_rate, 2), speedup=round(fast_rate / slow_rate, 1),
+        max_abs_diff=max_diff, agree_1e5=max_diff < 1e-5)
+
+
+def head_step(form: str, supports=200, queries=400, frames=51, dim=128):
+    torch.manual_seed(0)
+    cap = CAP(dim, 512, literal=(form == "literal")).train()
+    s = torch.randn(supports, dim, frames).relu().requires_grad_()
+    q = torch.randn(queries, dim, frames).relu().requires_grad_()
+    cap(s[:4], q[:4])                                           # warm-up, small
+    base = peak_rss_mb()
+    with Timer() as t:
+        e_s, e_q = cap(s, q)
+        (e_s * e_q).sum().backward()
+    row("cap_head_fwd_bwd", form=form, supports=supports, queries=queries, frames=frames,
+        seconds=round(t.seconds, 3), peak_rss_mb=round(peak_rss_mb(), 1),
+        rss_growth_mb=round(peak_rss_mb() - base, 1))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--head", choices=["literal", "cheap"], help="(internal) one head measurement")
+    args = parser.parse_args()
+    if args.head:
+        head_step(args.head)
+        sys.exit(0)
+    scoring()
+    for form in ("cheap", "literal"):   # fresh processes so peak memory is per form
+        subprocess.run([sys.executable, __file__, "--head", form], check=True)
