@@ -12,12 +12,14 @@ This module does not import torch, so it is cheap in DataLoader workers.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from fractions import Fraction
 
 import numpy as np
 import soundfile as sf
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import CapsvError
 from .archive import extract_archive
@@ -191,35 +193,46 @@ def speed_input_length(out_length: int, speed: float) -> int:
     return int(np.ceil((out_length - 1) * speed)) + 1
 
 
-def speed_perturb(audio: np.ndarray, speed: float, taps: int = 16) -> np.ndarray:
+def speed_perturb(audio: np.ndarray, speed: float, taps: int = 32) -> np.ndarray:
     """Play ``audio`` ``speed`` times faster (tempo and pitch, like ``sox speed``).
 
     ``audio`` (n,) -> (floor((n - 1) / speed) + 1,) float32: output sample m is the input
-    band-limited-interpolated at position ``m * speed`` (windowed sinc, ``taps`` input samples
-    each side, low-passed at ``min(1, 1/speed)`` of Nyquist to avoid aliasing). To make a
-    training crop of L samples, read ``speed_input_length(L, speed)`` samples, perturb, and
-    keep the first L.
+    band-limited-interpolated at position ``m * speed`` with a Kaiser-windowed sinc (``taps``
+    input samples each side), low-passed at 0.95 * min(1, 1/speed) of the input Nyquist so that
+    nothing aliases (stop band about -65 dB). ``speed`` is used as a fraction p/q (q <= 1000).
+
+    To make a training crop of L samples, read ``speed_input_length(L, speed)`` input samples,
+    perturb, and keep the first L. About 10 ms for a 3.5 s crop.
     """
+    if speed <= 0:
+        raise ValueError(f"speed must be positive, got {speed}")
     if speed == 1:
         return audio.astype(np.float32, copy=True)
-    ratio = Fraction(speed).limit_denominator(1000)
-    step, phases = ratio.numerator, ratio.denominator  # output m sits at input m*step/phases
+    step, phases, kernels = _speed_kernels(float(speed), taps)
     n_out = (len(audio) - 1) * phases // step + 1
-    cutoff = min(1.0, 1.0 / speed)
-    offsets = np.arange(-taps + 1, taps + 1)
-    distance = offsets[None, :] - (np.arange(phases) / phases)[:, None]   # (phases, 2*taps)
-    window = 0.5 * (1 + np.cos(np.pi * np.clip(distance / taps, -1, 1)))
+    padded = np.pad(audio.astype(np.float32), (taps - 1, taps))
+    windows = sliding_window_view(padded, 2 * taps)    # windows[b]: the inputs around position b
+    out = np.empty(n_out, np.float32)
+    # outputs m0, m0 + q, m0 + 2q, ... share one fractional phase and advance p inputs each
+    for m0 in range(min(phases, n_out)):
+        base, phase = divmod(m0 * step, phases)
+        count = len(range(m0, n_out, phases))
+        out[m0::phases] = windows[base: base + count * step: step] @ kernels[phase]
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _speed_kernels(speed: float, taps: int, beta: float = 6.0) -> tuple[int, int, np.ndarray]:
+    """(p, q, kernels (q, 2*taps)) for speed = p/q: one interpolation kernel per phase r/q."""
+    ratio = Fraction(speed).limit_denominator(1000)
+    cutoff = 0.95 * min(1.0, 1.0 / speed)
+    distance = np.arange(-taps + 1, taps + 1)[None, :] - (np.arange(ratio.denominator) / ratio.denominator)[:, None]
+    window = np.i0(beta * np.sqrt(np.clip(1 - (distance / taps) ** 2, 0, 1))) / np.i0(beta)
     kernels = cutoff * np.sinc(cutoff * distance) * window
     kernels /= kernels.sum(axis=1, keepdims=True)                         # unit gain at DC
-    padded = np.pad(audio.astype(np.float64), (taps - 1, taps))
-    out = np.empty(n_out, dtype=np.float32)
-    for start in range(0, n_out, 32768):                                  # bounded memory
-        m = np.arange(start, min(start + 32768, n_out))
-        position = m * step
-        base, phase = position // phases, position % phases
-        windows = padded[base[:, None] + (offsets + taps - 1)[None, :]]
-        out[m] = np.einsum("ij,ij->i", windows, kernels[phase])
-    return out
+    kernels = kernels.astype(np.float32)
+    kernels.setflags(write=False)
+    return ratio.numerator, ratio.denominator, kernels
 
 
 # -- preparation -----------------------------------------------------------------------------

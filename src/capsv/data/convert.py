@@ -36,13 +36,26 @@ def parallel_map(func: Callable[[T], R], items: list[T], workers: int, desc: str
                 yield func(item)
                 bar.update()
             return
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        context = _worker_context()
         chunksize = max(1, min(32, len(items) // (workers * 8)))
         with context.Pool(min(workers, len(items))) as pool:
             for result in pool.imap_unordered(func, items, chunksize):
                 yield result
                 bar.update()
+
+
+def _worker_context():
+    """"forkserver" where available (a fork of a clean server process), else "spawn".
+
+    The server preloads this module rather than the caller's ``__main__``, so workers start fast.
+    (As with any spawn/forkserver pool, a script that runs this must guard its entry point with
+    ``if __name__ == "__main__":``.)
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 def decode_to_16k_mono(path: str) -> np.ndarray:

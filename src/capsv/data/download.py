@@ -84,10 +84,13 @@ class Credentials:
 
 
 def redact(text: str, secrets: list[str]) -> str:
-    """``text`` with every secret (and any ``user:password@`` in a URL) replaced by ``***``."""
+    """``text`` with the secrets, any ``key=`` URL parameter and any ``user:password@`` in a URL
+    replaced by ``***``. (Secrets shorter than 4 characters are only hidden in those URL
+    positions: replacing them everywhere would garble every message.)"""
     for secret in secrets:
-        if secret:
+        if len(secret) >= 4:
             text = text.replace(secret, "***")
+    text = re.sub(r"([?&](?:key|password|token)=)[^&\s]*", r"\1***", text)
     return re.sub(r"(//[^/:@\s]+):[^@/\s]*@", r"\1:***@", text)
 
 
@@ -162,9 +165,9 @@ def mark_verified(dest: str, name: str, md5: str) -> None:
     os.replace(marker + ".tmp", marker)
 
 
-def set_aside(path: str) -> str:
-    """Rename a bad file to ``<path>.bad`` (replacing an older one) and return the new name."""
-    bad = path + ".bad"
+def set_aside(path: str, bad: str | None = None) -> str:
+    """Rename a bad file to ``bad`` (default ``<path>.bad``, replacing an older one); return it."""
+    bad = bad or path + ".bad"
     os.replace(path, bad)
     return bad
 
@@ -286,7 +289,7 @@ class Downloader:
                 self.say(f"{item.name}: {_describe(exc)}; retrying ({attempt}/{self.retries})")
                 time.sleep(self.retry_wait * attempt)
         if item.md5 is not None and md5 != item.md5:
-            bad = set_aside(part)
+            bad = set_aside(part, final + ".bad")
             raise checksum_error(item.name, item.md5, md5, bad)
         os.replace(part, final)
         mark_verified(self.dest, item.name, md5)
