@@ -18,6 +18,8 @@ class FileServer:
     Routes: ``/vox/<name>`` (basic auth when ``user`` is set), ``/download?file=<name>&key=<k>``
     (access key), ``/open/<name>`` and ``/meta/<name>`` (no auth). ``stall_at[name] = n`` makes
     the first request for ``name`` send ``n`` bytes and then hang until :meth:`close`.
+    ``drop_at[name] = n`` makes the first request send ``n`` bytes and close the connection;
+    ``honour_range = False`` makes the server ignore Range headers (a full 200 reply).
     ``requests`` records (path, Range header or None, status) for every request.
     """
 
@@ -26,6 +28,8 @@ class FileServer:
         self.files = files
         self.user, self.password, self.key = user, password, key
         self.stall_at: dict[str, int] = {}
+        self.drop_at: dict[str, int] = {}
+        self.honour_range = True
         self.requests: list[tuple[str, str | None, int]] = []
         self.release = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -96,7 +100,7 @@ class FileServer:
                 data = server.files[name]
                 start, status, extra = 0, 200, {}
                 header = self.headers.get("Range")
-                if header:
+                if header and server.honour_range:
                     start = int(header.split("=")[1].split("-")[0])
                     if start >= len(data):
                         self.wfile.write(self._reply(416, b"", {"Content-Range": f"bytes */{len(data)}"}))
@@ -109,7 +113,13 @@ class FileServer:
                 self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
                 stall = server.stall_at.pop(name, None)
+                drop = server.drop_at.pop(name, None)
                 try:
+                    if drop is not None:
+                        self.wfile.write(data[start:drop])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return
                     if stall is not None:
                         self.wfile.write(data[start:stall])
                         self.wfile.flush()

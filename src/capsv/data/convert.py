@@ -59,22 +59,46 @@ def _worker_context():
 
 
 def decode_to_16k_mono(path: str) -> np.ndarray:
-    """Decode any audio file PyAV can read to 16 kHz mono int16 samples, shape (n,)."""
+    """Decode any audio file PyAV can read to 16 kHz mono int16 samples, shape (n,).
+
+    VoxCeleb2's AAC decodes to 16 kHz mono float; those samples are converted here the way
+    libswresample does (round to nearest, clip), which is twice as fast as running its
+    resampler frame by frame. Anything else goes through libswresample.
+    """
     import av  # imported here: only conversion needs it
 
-    chunks = []
     with av.open(path) as container:
         if not container.streams.audio:
             raise ValueError("the file has no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        for frame in container.decode(stream):
-            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
-        chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-    samples = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-    if samples.size == 0:
+        frames = list(container.decode(stream))
+    if not frames:
         raise ValueError("no audio samples could be decoded")
+    first = frames[0]
+    if (all(f.format.name in ("flt", "fltp") and f.sample_rate == SAMPLE_RATE
+            and len(f.layout.channels) == 1 for f in frames)):
+        floats = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+        samples = np.clip(np.rint(floats * 32768.0), -32768, 32767).astype(np.int16)
+    else:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        chunks = [out.to_ndarray().reshape(-1) for f in frames for out in resampler.resample(f)]
+        chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+        samples = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    if samples.size == 0:
+        raise ValueError(f"no audio samples could be decoded ({first.format.name})")
     return samples.astype(np.int16, copy=False)
+
+
+def decode_with_swresample(path: str) -> np.ndarray:
+    """The same decode through libswresample only (the reference the fast path must match)."""
+    import av
+
+    with av.open(path) as container:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        chunks = [out.to_ndarray().reshape(-1) for f in container.decode(audio=0)
+                  for out in resampler.resample(f)]
+        chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    return np.concatenate(chunks).astype(np.int16, copy=False)
 
 
 def write_wav_atomic(path: str, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:

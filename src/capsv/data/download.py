@@ -152,7 +152,7 @@ def is_verified(dest: str, item: RemoteFile) -> bool:
         return False
     with open(marker, encoding="utf-8") as f:
         fields = f.read().split()
-    return (len(fields) == 2 and int(fields[1]) == os.path.getsize(path)
+    return (len(fields) == 2 and fields[1] == str(os.path.getsize(path))
             and (item.md5 is None or fields[0] == item.md5))
 
 
@@ -235,6 +235,7 @@ class Downloader:
         listing every file that failed after all the others were fetched.
         """
         os.makedirs(self.dest, exist_ok=True)
+        items = list({it.name: it for it in items}.values())  # one thread per file name
         todo = [it for it in items if not is_verified(self.dest, it)]
         for it in items:
             if it not in todo:
@@ -244,18 +245,21 @@ class Downloader:
         errors: dict[str, Exception] = {}
         with bar, ThreadPoolExecutor(self.jobs) as pool:
             futures = {pool.submit(self._fetch_one, it, bar): it for it in todo}
-            for future, it in futures.items():
-                try:
-                    future.result()
-                except _Cancelled:
-                    pass
-                except CredentialsError:
-                    self._cancel.set()
-                    for other in futures:
-                        other.cancel()
-                    raise
-                except DownloadError as exc:
-                    errors[it.name] = exc
+            try:
+                for future, it in futures.items():
+                    try:
+                        future.result()
+                    except _Cancelled:
+                        pass
+                    except DownloadError as exc:
+                        if isinstance(exc, CredentialsError):
+                            raise
+                        errors[it.name] = exc
+            except BaseException:  # a refusal, Ctrl-C, a bug: stop the other threads promptly
+                self._cancel.set()
+                for future in futures:
+                    future.cancel()
+                raise
         if errors:
             lines = "\n  ".join(self.redact(str(e)) for e in errors.values())
             raise DownloadError(f"{len(errors)} of {len(items)} downloads failed:\n  {lines}")
@@ -300,6 +304,7 @@ class Downloader:
         if item.md5 is None:
             mark_verified(self.dest, item.name, file_md5(final))
             return True
+        self.say(f"{item.name}: found without a verification record; checking its md5")
         actual = file_md5(final)
         if actual == item.md5:
             mark_verified(self.dest, item.name, actual)
@@ -356,7 +361,11 @@ class Downloader:
                     block = response.read1(CHUNK)
                     if not block:
                         break
-                    out.write(block)
+                    try:
+                        out.write(block)
+                    except OSError as exc:  # disk full, permissions: retrying will not help
+                        raise DownloadError(f"{part}: cannot write ({exc}); free some space or fix "
+                                            "the folder, then re-run to resume") from None
                     digest.update(block)
                     with self._lock:
                         bar.update(len(block))

@@ -124,9 +124,19 @@ def make_plan(files: list[RemoteFile]) -> Plan:
 
 def download(plan: Plan, save_path: str, base_url: str | None, credentials: Credentials,
              jobs: int = 4, progress: bool = True, retries: int = 3) -> None:
+    """Fetch the plan's files, except those whose archive is already joined or extracted."""
+    done = {p for j in plan.joins if _join_finished(save_path, j) for p in j.parts}
+    done |= {f.name for f in plan.downloads if _extracted_marker_exists(save_path, f.name)}
+    todo = [f for f in plan.downloads if f.name not in done]
+    if done:
+        say(f"download: {len(done)} files skipped, their archives are already joined or extracted")
     downloader = Downloader(save_path, base_url, credentials, jobs=jobs, progress=progress,
                             retries=retries)
-    downloader.fetch_all(plan.downloads)
+    downloader.fetch_all(todo)
+
+
+def _join_finished(save_path: str, join: Join) -> bool:
+    return is_verified(save_path, join.target) or _extracted_marker_exists(save_path, join.target.name)
 
 
 def join_parts(plan: Plan, save_path: str, progress: bool = True, needed_only: bool = False) -> None:
@@ -153,9 +163,10 @@ def join_parts(plan: Plan, save_path: str, progress: bool = True, needed_only: b
 
 
 def _done_join(save_path: str, join: Join, target: str) -> bool:
-    if is_verified(save_path, join.target) or _extracted_marker_exists(save_path, join.target.name):
+    if _join_finished(save_path, join):
         return True
     if os.path.isfile(target) and join.target.md5:  # joined by hand or by an older run
+        say(f"{join.target.name}: found without a verification record; checking its md5")
         if file_md5(target) == join.target.md5:
             mark_verified(save_path, join.target.name, join.target.md5)
             return True
@@ -209,6 +220,9 @@ def extract(plan: Plan, save_path: str, dataset_dir: str, progress: bool = True)
             continue
         found += 1
         written, present = extract_archive(archive, dataset_dir, voxceleb_route, progress)
+        if written + present == 0:
+            raise PrepareError(f"{archive}: no entry is under "
+                               f"{', '.join(p for p, _ in LAYOUT)}; is it a VoxCeleb archive?")
         os.makedirs(os.path.dirname(marker), exist_ok=True)
         with open(marker, "w", encoding="utf-8") as f:
             f.write(f"{os.path.getsize(archive)}\n")
