@@ -20,6 +20,7 @@ from capsv.commands.prepare import legacy_main
 from capsv.data.convert import decode_with_swresample
 from capsv.data.download import Downloader, RemoteFile, redact
 from capsv.data.lists import read_train_list
+from capsv.data.voxceleb import VOXCELEB_FILES, make_plan, select_subsets
 from prep_helpers import FileServer, md5, tone, write_m4a, write_wav
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +102,8 @@ def test_end_to_end_download_extract_convert_lists(voxceleb, capfd):
         argv = ["prepare", "--save_path", str(save), "--download", "--extract", "--convert",
                 "--lists", "--user", USER, "--password", PASSWORD, "--base_url", server.url + "/vox",
                 "--parts_list", voxceleb["parts_list"], "--meta_url", server.url + "/meta",
-                "--test_lists", "veri_test.txt", "--workers", "2", "--jobs", "3", "--no_progress"]
+                "--test_lists", "veri_test.txt", "--workers", "2", "--jobs", "3", "--no_progress",
+                "--subsets", "vox2_dev", "vox1_test"]
         assert main(argv) == 0
         fetched = {p.rsplit("/", 1)[1] for p, _, status in server.requests if status == 200}
         assert fetched == set(voxceleb["files"])
@@ -231,6 +233,22 @@ def test_access_key_url_and_password_from_environment(tmp_path, monkeypatch, cap
     assert (tmp_path / "data2" / "vox1_test_wav.zip").read_bytes() == files["vox1_test_wav.zip"]
     out = capfd.readouterr()
     assert_no_secret(out.out, out.err, root=tmp_path)
+
+
+def test_builtin_table_plans_the_published_joins():
+    plan = make_plan(VOXCELEB_FILES)
+    assert len(plan.downloads) == 14 and all(f.md5 for f in plan.downloads)
+    joins = {j.target.name: (j.target.md5, j.parts) for j in plan.joins}
+    assert joins == {
+        "vox1_dev_wav.zip": ("ae63e55b951748cc486645f532ba230b",
+                             [f"vox1_dev_wav_parta{c}" for c in "abcd"]),
+        "vox2_dev_aac.zip": ("bbc063c46078a602ca71605645c2a402",
+                             [f"vox2_dev_aac_parta{c}" for c in "abcdefgh"]),
+    }
+    assert plan.archives == ["vox1_test_wav.zip", "vox2_test_aac.zip", "vox1_dev_wav.zip",
+                             "vox2_dev_aac.zip"]
+    assert [f.name for f in make_plan(select_subsets(VOXCELEB_FILES, ["vox1_test"])).downloads] == \
+        ["vox1_test_wav.zip"]
 
 
 def test_redact_hides_secrets_in_urls():

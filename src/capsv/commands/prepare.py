@@ -33,6 +33,7 @@ template. Secrets never appear in the output.
 
 examples:
   capsv prepare --save_path data --download --user USER          # asks for the password
+  capsv prepare --save_path data --download --user USER --subsets vox2_dev vox1_test
   capsv prepare --save_path data --download --key KEY --base_url https://host/download/voxceleb
   capsv prepare --save_path data --extract --convert --lists --workers 8
   capsv prepare --save_path data --augment
@@ -56,13 +57,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("download")
     g.add_argument("--user", default=os.environ.get("CAPSV_USER"),
                    help="user name for HTTP basic auth (or CAPSV_USER)")
-    g.add_argument("--password", help="password for --user (or CAPSV_PASSWORD; asked if absent)")
+    g.add_argument("--password", help="password for --user; prefer CAPSV_PASSWORD or the prompt "
+                   "(asked if absent), as a flag it is visible to other users in `ps`")
     g.add_argument("--key", help="access key, sent as ?file=<name>&key=<KEY> (or CAPSV_KEY)")
     g.add_argument("--base_url", help="where the files are; {file}/{key} placeholders allowed "
                    f"(default: {voxceleb.DEFAULT_BASE_URL}; required with --key)")
     g.add_argument("--parts_list", help="file of '<name> <md5> [url]' lines replacing the built-in "
                    "VoxCeleb table; '<prefix>_partXX' files are joined into '<prefix>.zip', and a "
                    "'<prefix>.zip <md5>' line gives the joined file's md5")
+    g.add_argument("--subsets", nargs="+", choices=voxceleb.SUBSETS,
+                   help="only these parts of VoxCeleb (default: all four); the paper trains on "
+                   "vox2_dev and tests on vox1_test")
     g.add_argument("--jobs", type=int, default=4, help="parallel downloads (default: %(default)s)")
     g.add_argument("--retries", type=int, default=3,
                    help="retries per file after a network error, resuming (default: %(default)s)")
@@ -119,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     dataset_dir = args.dataset_dir or os.path.join(save_path, "voxceleb")
     progress = not args.no_progress
     table = read_parts_list(args.parts_list) if args.parts_list else voxceleb.VOXCELEB_FILES
+    if args.subsets:
+        table = voxceleb.select_subsets(table, args.subsets)
     plan = voxceleb.make_plan(table)
     os.makedirs(save_path, exist_ok=True)
     problems: list[str] = []
@@ -127,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
         credentials = resolve_credentials(args)
         voxceleb.download(plan, save_path, args.base_url or voxceleb.DEFAULT_BASE_URL, credentials,
                           jobs=args.jobs, progress=progress, retries=args.retries)
-    if "concatenate" in steps:
-        voxceleb.join_parts(plan, save_path, progress)
+    if "concatenate" in steps and plan.joins and not voxceleb.join_parts(plan, save_path, progress):
+        raise voxceleb.PrepareError(f"no parts to join in {save_path}; run with --download first")
     if "extract" in steps:
         voxceleb.extract(plan, save_path, dataset_dir, progress)
     if "convert" in steps:

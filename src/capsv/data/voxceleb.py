@@ -97,6 +97,17 @@ class Plan:
         return names + [j.target.name for j in self.joins]
 
 
+SUBSETS = ("vox1_dev", "vox1_test", "vox2_dev", "vox2_test")
+
+
+def select_subsets(files: list[RemoteFile], subsets: list[str]) -> list[RemoteFile]:
+    """The table entries whose name starts with one of ``subsets`` (e.g. ``vox2_dev``)."""
+    chosen = [f for f in files if f.name.startswith(tuple(subsets))]
+    if not chosen:
+        raise PrepareError(f"no file in the parts table belongs to {', '.join(subsets)}")
+    return chosen
+
+
 def make_plan(files: list[RemoteFile]) -> Plan:
     """Split a parts table into downloads and joins.
 
@@ -139,18 +150,19 @@ def _join_finished(save_path: str, join: Join) -> bool:
     return is_verified(save_path, join.target) or _extracted_marker_exists(save_path, join.target.name)
 
 
-def join_parts(plan: Plan, save_path: str, progress: bool = True, needed_only: bool = False) -> None:
-    """Concatenate split parts into their archives, verifying md5s (skips finished joins).
-
-    ``needed_only``: skip joins whose parts are absent (the --extract step calls it this way).
-    """
+def join_parts(plan: Plan, save_path: str, progress: bool = True) -> int:
+    """Concatenate split parts into their archives, verifying md5s; return the joins that are
+    done (now or before). Joins with none of their parts present are skipped; with some
+    missing, it is an error."""
+    done = 0
     for join in plan.joins:
         target = os.path.join(save_path, join.target.name)
         if _done_join(save_path, join, target):
+            done += 1
             continue
         paths = [os.path.join(save_path, p) for p in join.parts]
         missing = [p for p in join.parts if not os.path.isfile(os.path.join(save_path, p))]
-        if missing and needed_only and len(missing) == len(paths):
+        if len(missing) == len(paths):
             continue
         if missing:
             raise PrepareError(f"cannot build {join.target.name}: missing "
@@ -160,6 +172,8 @@ def join_parts(plan: Plan, save_path: str, progress: bool = True, needed_only: b
         mark_verified(save_path, join.target.name, md5)
         say(f"{join.target.name}: joined from {len(paths)} parts"
             + (", md5 verified" if join.target.md5 else " (no md5 listed for the joined file)"))
+        done += 1
+    return done
 
 
 def _done_join(save_path: str, join: Join, target: str) -> bool:
@@ -207,7 +221,7 @@ def voxceleb_route(name: str) -> str | None:
 
 def extract(plan: Plan, save_path: str, dataset_dir: str, progress: bool = True) -> None:
     """Join what needs joining, then extract every archive present (skips finished ones)."""
-    join_parts(plan, save_path, progress, needed_only=True)
+    join_parts(plan, save_path, progress)
     found = 0
     for name in plan.archives:
         archive = os.path.join(save_path, name)
