@@ -5,7 +5,6 @@ import io
 import pickle
 import tarfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest

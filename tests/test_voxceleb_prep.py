@@ -290,6 +290,23 @@ def test_unsafe_zip_entry_is_refused(tmp_path, capfd, bad):
     assert not Path("/tmp/evil.txt").exists() or Path("/tmp/evil.txt").read_bytes() != b"gotcha"
 
 
+def test_interrupted_extraction_resumes(tmp_path, capfd):
+    save = tmp_path / "data"
+    save.mkdir()
+    data = _zip_with({f"wav/id10001/v/0000{i}.wav": bytes([i]) * 100 for i in range(3)})
+    (save / "vox1_test_wav.zip").write_bytes(data)
+    parts_list = tmp_path / "parts.txt"
+    parts_list.write_text(f"vox1_test_wav.zip {md5(data)}\n")
+    argv = ["prepare", "--save_path", str(save), "--extract", "--no_progress", "--parts_list", str(parts_list)]
+    assert main(argv) == 0
+    # as if killed before the end: no "extracted" record and one file not written yet
+    (save / ".capsv" / "extracted" / "vox1_test_wav.zip").unlink()
+    (save / "voxceleb" / "voxceleb1" / "id10001" / "v" / "00002.wav").unlink()
+    assert main(argv) == 0
+    assert "extracted 1 files into" in capfd.readouterr().err.splitlines()[-1]
+    assert (save / "voxceleb" / "voxceleb1" / "id10001" / "v" / "00002.wav").read_bytes() == bytes([2]) * 100
+
+
 def test_joined_archive_with_wrong_md5_is_kept_aside(tmp_path, capfd):
     save = tmp_path / "data"
     save.mkdir()
