@@ -5,6 +5,11 @@
 embedding of each side for every (query i, support j) pair. It is computed with the exact
 low-cost form of the spec's cost note, never with the (Nq, Ns, Tq, Ts) correlation tensor;
 :func:`cap_attention_literal` keeps the literal form as a test oracle.
+
+Masks (full-length scoring). Every head takes optional boolean frame masks, True on real
+frames, so utterances of different lengths can share one padded batch: (B, T) for TAP/SAP,
+(G, N, T) per side for CAP. A masked item gives the same result as the unpadded item alone
+(to float rounding); without a mask the original code runs unchanged.
 """
 from __future__ import annotations
 
@@ -27,8 +32,11 @@ class TAP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(in_dim, nOut)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=2))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, D, T), mask (B, T) or None -> (B, E)."""
+        if mask is None:
+            return self.fc(x.mean(dim=2))
+        return self.fc(masked_mean(x, mask.unsqueeze(1), dim=2))
 
 
 @POOLINGS.register("SAP")
@@ -44,11 +52,37 @@ class SAP(nn.Module):
         nn.init.xavier_normal_(self.attention)
         self.fc = nn.Linear(in_dim, nOut)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, D, T), mask (B, T) or None -> (B, E)."""
         x = x.transpose(1, 2)                                          # (B, T, D)
         scores = torch.tanh(self.sap_linear(x)) @ self.attention       # (B, T, 1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))
         weights = torch.softmax(scores, dim=1)
         return self.fc((x * weights).sum(dim=1))
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean of ``x`` over ``dim`` counting only positions where the (broadcastable) mask is True."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum(dim=dim) / mask.sum(dim=dim)
+
+
+def lengths_to_mask(lengths, max_len: int | None = None) -> torch.Tensor:
+    """Frame counts (B,) -> boolean mask (B, max_len), True on the first ``lengths[b]`` frames."""
+    lengths = torch.as_tensor(lengths)
+    max_len = int(lengths.max()) if max_len is None else max_len
+    return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(-1)
+
+
+def pad_frames(frames: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame features [(..., D, T_i)] -> zero-padded (B, ..., D, T_max) and mask (B, ..., T_max)."""
+    lengths = [f.shape[-1] for f in frames]
+    t_max = max(lengths)
+    padded = torch.stack([F.pad(f, (0, t_max - f.shape[-1])) for f in frames])
+    mask = lengths_to_mask(torch.tensor(lengths, device=padded.device), t_max)
+    mask = mask.reshape((len(frames),) + (1,) * (padded.dim() - 3) + (t_max,))
+    return padded, mask.expand(padded.shape[:-2] + (t_max,))
 
 
 def _unit_frames(h: torch.Tensor) -> torch.Tensor:
@@ -76,6 +110,30 @@ def cap_attention(hs: torch.Tensor, hq: torch.Tensor, tau: float):
     return torch.softmax(logit_q, dim=-1) + 1, torch.softmax(logit_s, dim=-1) + 1
 
 
+def cap_attention_masked(hs: torch.Tensor, hq: torch.Tensor, tau: float,
+                         mask_s: torch.Tensor, mask_q: torch.Tensor):
+    """:func:`cap_attention` over padded frames; masks (G, Ns, Ts) and (G, Nq, Tq), True = real.
+
+    Padded frames are zeroed so they add nothing to the context sums, get -inf logits, and
+    get weight 0 instead of softmax + 1.
+    """
+    fs, fq = mask_s.to(hs.dtype), mask_q.to(hq.dtype)
+    hs, hq = hs * fs.unsqueeze(-1), hq * fq.unsqueeze(-1)
+    mean_q = hq.sum(dim=2) / fq.sum(dim=2, keepdim=True)                # (G, Nq, D)
+    mean_s = hs.sum(dim=2) / fs.sum(dim=2, keepdim=True)                # (G, Ns, D)
+    ctx_s = torch.einsum("gjud,gid->giju", hs, mean_q)
+    ctx_q = torch.einsum("gitd,gjd->gijt", hq, mean_s)
+    summary_s = torch.einsum("giju,gjud->gijd", ctx_s, hs)
+    summary_q = torch.einsum("gijt,gitd->gijd", ctx_q, hq)
+    logit_q = torch.einsum("gitd,gijd->gijt", hq, summary_s) / tau
+    logit_s = torch.einsum("gjud,gijd->giju", hs, summary_q) / tau
+    keep_q = mask_q.unsqueeze(2)                                         # (G, Nq, 1, Tq)
+    keep_s = mask_s.unsqueeze(1)                                         # (G, 1, Ns, Ts)
+    w_q = (torch.softmax(logit_q.masked_fill(~keep_q, float("-inf")), dim=-1) + 1) * keep_q
+    w_s = (torch.softmax(logit_s.masked_fill(~keep_s, float("-inf")), dim=-1) + 1) * keep_s
+    return w_q, w_s
+
+
 def cap_attention_literal(hs: torch.Tensor, hq: torch.Tensor, tau: float):
     """Test oracle: the same weights through the full (G, Nq, Ns, Tq, Ts) correlation tensor."""
     corr = torch.einsum("gitd,gjud->gijtu", hq, hs)
@@ -92,6 +150,8 @@ class CAP(nn.Module):
 
     ``forward(support (Ns, D, Ts), query (Nq, D, Tq))`` -> (e_s, e_q), each (Nq, Ns, E).
     ``forward_grouped`` does the same for G independent groups at once (evaluation batches).
+    Optional ``support_mask`` / ``query_mask`` (True on real frames) let padded batches of
+    different lengths share one call.
     """
 
     pairwise = True
@@ -110,16 +170,26 @@ class CAP(nn.Module):
         """(N, D, T) backbone frames -> (N, T, D) unit-norm meta-projections."""
         return _unit_frames(self.meta_learner(frames))
 
-    def forward(self, support: torch.Tensor, query: torch.Tensor):
-        e_s, e_q = self.forward_grouped(support.unsqueeze(0), query.unsqueeze(0))
+    def forward(self, support: torch.Tensor, query: torch.Tensor,
+                support_mask: torch.Tensor | None = None, query_mask: torch.Tensor | None = None):
+        """support (Ns, D, Ts), query (Nq, D, Tq), masks (Ns, Ts) / (Nq, Tq) -> (e_s, e_q)."""
+        masks = [m if m is None else m.unsqueeze(0) for m in (support_mask, query_mask)]
+        e_s, e_q = self.forward_grouped(support.unsqueeze(0), query.unsqueeze(0),
+                                        support_mask=masks[0], query_mask=masks[1])
         return e_s[0], e_q[0]
 
     def forward_grouped(self, support: torch.Tensor, query: torch.Tensor,
-                        hs: torch.Tensor | None = None, hq: torch.Tensor | None = None):
+                        hs: torch.Tensor | None = None, hq: torch.Tensor | None = None,
+                        support_mask: torch.Tensor | None = None,
+                        query_mask: torch.Tensor | None = None):
         """support (G, Ns, D, Ts), query (G, Nq, D, Tq) -> e_s, e_q each (G, Nq, Ns, E).
 
         ``hs``/``hq`` may carry precomputed :meth:`project` outputs, shaped (G, N, T, D).
+        Masks (G, Ns, Ts) / (G, Nq, Tq), True on real frames; padded frames of ``support``
+        and ``query`` must be zero (as :func:`pad_frames` makes them).
         """
+        if support_mask is not None or query_mask is not None:
+            return self._forward_grouped_masked(support, query, hs, hq, support_mask, query_mask)
         g, ns, d, ts = support.shape
         nq, tq = query.shape[1], query.shape[3]
         if hs is None:
@@ -131,6 +201,27 @@ class CAP(nn.Module):
         # Pool the backbone frames, not the projections: p[i,j] = mean_t w[i,j,t] x_t.
         pooled_q = torch.einsum("gijt,gidt->gijd", w_q, query) / tq
         pooled_s = torch.einsum("giju,gjdu->gijd", w_s, support) / ts
+        both = torch.cat([pooled_q, pooled_s], dim=0).reshape(-1, d)
+        both = F.relu(self.att_bn(both)).reshape(2 * g, nq, ns, d)
+        embedded = F.linear(both, self.fc)
+        return embedded[g:], embedded[:g]
+
+    def _forward_grouped_masked(self, support, query, hs, hq, support_mask, query_mask):
+        g, ns, d, ts = support.shape
+        nq, tq = query.shape[1], query.shape[3]
+        if support_mask is None:
+            support_mask = torch.ones(g, ns, ts, dtype=torch.bool, device=support.device)
+        if query_mask is None:
+            query_mask = torch.ones(g, nq, tq, dtype=torch.bool, device=query.device)
+        if hs is None:
+            hs = self.project(support.reshape(g * ns, d, ts)).reshape(g, ns, ts, d)
+        if hq is None:
+            hq = self.project(query.reshape(g * nq, d, tq)).reshape(g, nq, tq, d)
+        w_q, w_s = cap_attention_masked(hs, hq, self.temperature, support_mask, query_mask)
+        len_q = query_mask.sum(dim=-1).to(query.dtype)                     # (G, Nq)
+        len_s = support_mask.sum(dim=-1).to(support.dtype)                 # (G, Ns)
+        pooled_q = torch.einsum("gijt,gidt->gijd", w_q, query) / len_q[:, :, None, None]
+        pooled_s = torch.einsum("giju,gjdu->gijd", w_s, support) / len_s[:, None, :, None]
         both = torch.cat([pooled_q, pooled_s], dim=0).reshape(-1, d)
         both = F.relu(self.att_bn(both)).reshape(2 * g, nq, ns, d)
         embedded = F.linear(both, self.fc)
