@@ -12,6 +12,10 @@ from .errors import CapsvError
 # subcommand -> module in capsv.commands (imported lazily so `capsv --help` stays fast)
 COMMANDS = {
     "eval": "eval",
+    "verify": "verify",
+    "embed": "embed",
+    "score": "score",
+    "export": "export",
 }
 
 

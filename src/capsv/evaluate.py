@@ -46,6 +46,12 @@ class EvalInputError(CapsvError):
 def validate_inputs(trials: list[Trial], test_path: str, list_name: str = "trial list") -> list[str]:
     """Distinct relative paths of the trials, after checking that each one is usable audio."""
     files = trial_files(trials)
+    validate_files(files, test_path, list_name)
+    return files
+
+
+def validate_files(files: list[str], test_path: str, list_name: str) -> None:
+    """Every missing file, unreadable header or wrong rate, reported at once."""
     missing = missing_files(test_path, files)
     if missing:
         shown = "\n  ".join(missing[:50]) + (f"\n  ... {len(missing) - 50} more" if len(missing) > 50 else "")
@@ -59,7 +65,6 @@ def validate_inputs(trials: list[Trial], test_path: str, list_name: str = "trial
             problems.append(str(exc))
     if problems:
         raise EvalInputError(f"{len(problems)} unusable audio file(s):\n  " + "\n  ".join(problems[:50]))
-    return files
 
 
 class EvalCrops(Dataset):
@@ -267,13 +272,8 @@ def validate_cohort(norm: ScoreNorm) -> list[str]:
     rel = read_audio_list(norm.cohort_list)
     if len(rel) < 2:
         raise EvalInputError(f"{norm.cohort_list}: a cohort needs at least 2 files, found {len(rel)}")
-    missing = missing_files(norm.cohort_path, rel)
-    if missing:
-        raise EvalInputError(f"{len(missing)} of {len(rel)} cohort files in {norm.cohort_list} are "
-                             f"missing under --cohort_path {norm.cohort_path!r}, e.g. {missing[0]}")
+    validate_files(rel, norm.cohort_path, f"cohort list {norm.cohort_list}")
     full = list(dict.fromkeys(os.path.normpath(os.path.join(norm.cohort_path, r)) for r in rel))
-    for path in full:
-        audio_info(path)
     return full
 
 
