@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..api import SpeakerVerifier
+from ..audio import audio_info
 from .common import add_model_args
 
 HELP = "score two audio files and decide whether they are the same speaker"
@@ -39,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for path in (args.audio1, args.audio2):
+        audio_info(path)          # bad audio fails before the model loads
     verifier = SpeakerVerifier.from_checkpoint(
         args.initial_model, device=args.device, model=args.model, encoder_type=args.encoder_type,
         nOut=args.nOut, eval_frames=args.eval_frames, num_eval=args.num_eval)
