@@ -185,8 +185,8 @@ class CAP(nn.Module):
         """support (G, Ns, D, Ts), query (G, Nq, D, Tq) -> e_s, e_q each (G, Nq, Ns, E).
 
         ``hs``/``hq`` may carry precomputed :meth:`project` outputs, shaped (G, N, T, D).
-        Masks (G, Ns, Ts) / (G, Nq, Tq), True on real frames; padded frames of ``support``
-        and ``query`` must be zero (as :func:`pad_frames` makes them).
+        Masks (G, Ns, Ts) / (G, Nq, Tq), True on real frames; the values of padded frames
+        (in ``support``, ``query``, ``hs``, ``hq``) are ignored.
         """
         if support_mask is not None or query_mask is not None:
             return self._forward_grouped_masked(support, query, hs, hq, support_mask, query_mask)
