@@ -122,8 +122,10 @@ def plot_det(systems: Mapping[str, tuple[Sequence[float], Sequence[int]]], path:
         m = compute_metrics(scores, labels)
         ax.plot(probit(far), probit(frr), color=color, lw=1.8, drawstyle="steps-post",
                 label=f"{name}  (EER {m.eer:.2f}%, minDCF {m.min_dcf_005:.3f})")
-        ax.plot(*probit(eers[name]), "o", ms=8, mfc="white", mec=color, mew=2, zorder=5)
-        ax.plot(*probit(dcfs[name]), "s", ms=7, mfc=color, mec="white", mew=1, zorder=5)
+        # an operating point at 0% or 100% sits on the plot's edge rather than off it
+        inside = lambda point: np.clip(probit(point), *probit([low, high]))
+        ax.plot(*inside(eers[name]), "o", ms=8, mfc="white", mec=color, mew=2, zorder=5, clip_on=False)
+        ax.plot(*inside(dcfs[name]), "s", ms=7, mfc=color, mec="white", mew=1, zorder=5, clip_on=False)
     span = probit([low, high])
     ax.plot(span, span, color="#999999", lw=0.8, ls=":", zorder=0)
     ticks = _spaced(TICKS[(TICKS >= low) & (TICKS <= high)])
@@ -154,7 +156,7 @@ def plot_score_histogram(scores, labels, path: str, title: str = "Score distribu
     m = compute_metrics(scores, labels)
     dcf_threshold = min_dcf_point(scores, labels)[2]
     bins = np.histogram_bin_edges(scores, bins=min(60, max(10, len(scores) // 20)))
-    fig = _figure(7.0, 4.2)
+    fig = _figure(7.0, 4.8)
     ax = fig.add_subplot()
     for label, name, color in ((0, "non-target", COLORS[1]), (1, "target", COLORS[0])):
         part = scores[labels == label]
@@ -169,7 +171,7 @@ def plot_score_histogram(scores, labels, path: str, title: str = "Score distribu
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.grid(True, axis="y", color="#e5e5e5", lw=0.6)
-    ax.legend(fontsize=8, loc="upper left", frameon=True, framealpha=0.95)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     _save(fig, path)
     return path
 
