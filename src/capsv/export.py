@@ -224,7 +224,8 @@ def check_export(name: str, path: str, fmt: str, net: SpeakerNet) -> float:
         names = list(graphs_for(net)[name][2]["inputs"])
         got = run_onnx(path, {n: x.numpy() for n, x in zip(names, inputs)})
     else:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # torch.jit is deprecated, still supported
             got = torch.jit.load(path)(*inputs)
         got = [g.numpy() for g in (got if isinstance(got, tuple) else (got,))]
     return max(float(np.abs(np.asarray(g) - e.numpy()).max()) for g, e in zip(got, expected))
