@@ -161,7 +161,8 @@ class SpeakerVerifier:
           ``crops=True`` gives the unit-length crop embeddings (num_eval, E).
         - CAP has no single-input embedding: its pooling depends on the other side of the
           pair. Returns the backbone's frame features (num_eval, D, T), float32, which the
-          CAP head pairs up (see :func:`capsv.export` for the deployed two-part graph).
+          CAP head pairs up (``self.net.pooling(support, query)``; :mod:`capsv.export`
+          deploys the same split as two graphs).
         """
         return self.embed_many([x], crops=crops)[0]
 

@@ -183,11 +183,11 @@ def _score_cap_padded(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
     budget = chunk * 2 * 10 * 88
     start = 0
     while start < len(order):
-        stop, widest = start, 0
+        stop, longest_s, longest_q = start, 0, 0
         while stop < len(order):
             i, j = pairs[order[stop]]
-            widest = max(widest, length[i] + length[j])
-            if stop > start and (stop - start + 1) * widest > budget:
+            longest_s, longest_q = max(longest_s, length[i]), max(longest_q, length[j])
+            if stop > start and (stop - start + 1) * (longest_s + longest_q) > budget:
                 break
             stop += 1
         part = order[start:stop]
