@@ -46,11 +46,26 @@ def read_checkpoint(path: str) -> dict:
             f"plain containers, which could run code (weights_only=True). Re-save it as a "
             f"state_dict from a trusted source. Detail: {str(exc).splitlines()[0]}") from None
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+        if not _looks_like_torch_file(path):
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip "
+                                  "archive nor a pickle); check the --initial_model path") from None
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (torch.load failed: "
+                              f"{detail})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: unknown checkpoint format (a {type(obj).__name__}, "
                               "expected a capsv checkpoint or a state_dict)")
     return obj
+
+
+def _looks_like_torch_file(path: str) -> bool:
+    """torch.save writes a zip archive (``PK``) or, in the legacy format, a pickle (``0x80``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return head == b"PK" or head[:1] == b"\x80"
 
 
 def is_capsv(obj: dict) -> bool:
@@ -112,6 +127,20 @@ def infer_reference_config(model_state: dict) -> dict:
     return {"encoder_type": encoder, "nOut": int(n_out)}
 
 
+def check_format(ckpt: dict, path: str) -> None:
+    """A one-line error unless ``ckpt`` is a capsv checkpoint or a reference state_dict."""
+    if is_capsv(ckpt):
+        missing = [k for k in ("model_config", "model") if not isinstance(ckpt.get(k), dict)]
+        if missing:
+            raise CheckpointError(f"{path}: damaged capsv checkpoint (no {' or '.join(missing)})")
+        return
+    names = [str(k) for k in ckpt]
+    if not any(n.startswith(("__S__.", "module.__S__.")) for n in names):
+        shown = ", ".join(repr(n) for n in names[:3]) or "no entries"
+        raise CheckpointError(f"{path}: unknown checkpoint format: neither a capsv checkpoint nor "
+                              f"the original code's state_dict ('__S__.*' keys); found {shown}")
+
+
 def load_model(path: str, model: str | None = None, encoder_type: str | None = None,
                nOut: int | None = None, device: str | torch.device = "cpu"):
     """Build a :class:`SpeakerNet` from any supported checkpoint; returns (net, checkpoint dict).
@@ -120,6 +149,7 @@ def load_model(path: str, model: str | None = None, encoder_type: str | None = N
     state_dict needs ``model``; ``encoder_type`` and ``nOut`` default to what its tensors show.
     """
     ckpt = read_checkpoint(path)
+    check_format(ckpt, path)
     if is_capsv(ckpt):
         config = dict(ckpt["model_config"])
         for key, given in (("model", model), ("encoder_type", encoder_type), ("nOut", nOut)):

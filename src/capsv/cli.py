@@ -13,6 +13,10 @@ from .errors import CapsvError
 COMMANDS = {
     "eval": "eval",
     "prepare": "prepare",
+    "verify": "verify",
+    "embed": "embed",
+    "score": "score",
+    "export": "export",
 }
 
 

@@ -8,6 +8,15 @@
 3. Score trials in chunks. TAP/SAP: the mean of the crops' cosine matrix equals the dot
    product of the mean unit embeddings. CAP: all crop pairs of many trials in one batched call
    of the low-cost exact form, never one Python iteration per trial.
+
+Full-length scoring (``eval_frames == 0``): each file runs through the front end and backbone
+alone, at its own length (zero padding would shift the front end's instance norm and the
+convolutions' edges). CAP trials of different lengths are then scored together: their frame
+features are zero-padded and masked (:meth:`capsv.pooling.CAP.forward_grouped`), which gives
+the scores of one-at-a-time scoring.
+
+Score normalisation (``score_norm="asnorm"``): adaptive s-norm against a cohort of files, see
+:mod:`capsv.scorenorm`.
 """
 from __future__ import annotations
 
@@ -21,11 +30,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .audio import AudioError, audio_info, load_eval_crops
+from .audio import AudioError, audio_info, eval_crops, load_audio
 from .errors import CapsvError
-from .data.lists import Trial, missing_files, read_trials, trial_files
+from .data.lists import Trial, missing_files, read_audio_list, read_trials, trial_files
 from .metrics import Metrics, compute_metrics
 from .models import SpeakerNet
+from .pooling import pad_frames
+from .scorenorm import adaptive_snorm, cohort_stats
 
 
 class EvalInputError(CapsvError):
@@ -35,6 +46,12 @@ class EvalInputError(CapsvError):
 def validate_inputs(trials: list[Trial], test_path: str, list_name: str = "trial list") -> list[str]:
     """Distinct relative paths of the trials, after checking that each one is usable audio."""
     files = trial_files(trials)
+    validate_files(files, test_path, list_name)
+    return files
+
+
+def validate_files(files: list[str], test_path: str, list_name: str) -> None:
+    """Every missing file, unreadable header or wrong rate, reported at once."""
     missing = missing_files(test_path, files)
     if missing:
         shown = "\n  ".join(missing[:50]) + (f"\n  ... {len(missing) - 50} more" if len(missing) > 50 else "")
@@ -48,19 +65,30 @@ def validate_inputs(trials: list[Trial], test_path: str, list_name: str = "trial
             problems.append(str(exc))
     if problems:
         raise EvalInputError(f"{len(problems)} unusable audio file(s):\n  " + "\n  ".join(problems[:50]))
-    return files
 
 
 class EvalCrops(Dataset):
-    def __init__(self, paths: list[str], eval_frames: int, num_eval: int):
+    """The evaluation crops of each source: a file path, or a 1-D float32 waveform already
+    on the int16 scale (the Python API passes arrays)."""
+
+    def __init__(self, paths: list, eval_frames: int, num_eval: int):
         self.paths, self.eval_frames, self.num_eval = paths, eval_frames, num_eval
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        crops = load_eval_crops(self.paths[index], self.eval_frames, self.num_eval)
-        return index, torch.from_numpy(crops)
+        source = self.paths[index]
+        wave = load_audio(source) if isinstance(source, str) else source
+        if self.eval_frames <= 0 and len(wave) < MIN_FULL_LENGTH_SAMPLES:
+            name = source if isinstance(source, str) else f"input {index}"
+            raise AudioError(f"{name}: {len(wave)} samples is too short for whole-utterance "
+                             f"scoring (at least {MIN_FULL_LENGTH_SAMPLES}); use --eval_frames 350")
+        return index, torch.from_numpy(eval_crops(wave, self.eval_frames, self.num_eval))
+
+
+# The backbone divides time by up to 8 and the STFT's reflect padding needs n_fft/2 samples.
+MIN_FULL_LENGTH_SAMPLES = 8 * 160 + 240
 
 
 def _batches_of_files(dataset: EvalCrops, files_per_batch: int, workers: int):
@@ -79,9 +107,10 @@ class FileFeatures:
 
 
 @torch.inference_mode()
-def extract_features(net: SpeakerNet, paths: list[str], eval_frames: int = 350, num_eval: int = 10,
+def extract_features(net: SpeakerNet, paths: list, eval_frames: int = 350, num_eval: int = 10,
                      device: torch.device | str = "cpu", workers: int = 0,
                      files_per_batch: int = 4, progress: bool = True) -> FileFeatures:
+    """Features of every source (path or int16-scale waveform), keyed by position in ``paths``."""
     net.eval()
     feats = FileFeatures()
     if eval_frames <= 0:
@@ -123,6 +152,10 @@ def score_pairs(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
     buckets = defaultdict(list)
     for row, (i, j) in enumerate(pairs):
         buckets[(feats.frames[i].shape, feats.frames[j].shape)].append(row)
+    if len(buckets) > 1:  # whole utterances: pad and mask instead of one call per length pair
+        _score_cap_padded(net, feats, pairs, scores, chunk, bar)
+        bar.close()
+        return scores
     for rows in buckets.values():
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
@@ -137,19 +170,67 @@ def score_pairs(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
     return scores
 
 
+def _score_cap_padded(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
+                      scores: np.ndarray, chunk: int, bar) -> None:
+    """CAP scores of trials with different frame counts, in padded + masked batches.
+
+    Trials are sorted by length so a batch pads little; a batch holds at most as many frame
+    vectors as ``chunk`` trials of 10 crops x 88 frames would (the fixed-crop memory) on a GPU,
+    and 1/8 of that on a CPU, where cache-sized batches measured 2x faster than one trial at a
+    time and big ones slower.
+    """
+    length = {i: f.shape[0] * f.shape[2] for i, f in feats.frames.items()}
+    order = sorted(range(len(pairs)), key=lambda r: (length[pairs[r, 0]], length[pairs[r, 1]]))
+    on_gpu = next(iter(feats.frames.values())).is_cuda
+    budget = (chunk if on_gpu else max(1, chunk // 8)) * 2 * 10 * 88
+    start = 0
+    while start < len(order):
+        stop, longest_s, longest_q = start, 0, 0
+        while stop < len(order):
+            i, j = pairs[order[stop]]
+            longest_s, longest_q = max(longest_s, length[i]), max(longest_q, length[j])
+            if stop > start and (stop - start + 1) * (longest_s + longest_q) > budget:
+                break
+            stop += 1
+        part = order[start:stop]
+        sup, qry = pairs[part, 0], pairs[part, 1]
+        support, mask_s = pad_frames([feats.frames[i] for i in sup])
+        query, mask_q = pad_frames([feats.frames[i] for i in qry])
+        hs, _ = pad_frames([feats.proj[i].transpose(1, 2) for i in sup])
+        hq, _ = pad_frames([feats.proj[i].transpose(1, 2) for i in qry])
+        cos = net.pooling.score_grouped(support, query, hs=hs.transpose(2, 3), hq=hq.transpose(2, 3),
+                                        support_mask=mask_s, query_mask=mask_q)   # (G, Nq, Ns)
+        scores[part] = cos.flatten(1).mean(dim=1).double().cpu().numpy()
+        bar.update(len(part))
+        start = stop
+
+
 @dataclass
 class EvalResult:
+    """Scores in trial-list order; with score normalisation ``scores`` are the normalised
+    ones and ``raw_scores`` / ``raw_metrics`` keep the originals."""
     trials: list[Trial]
     scores: np.ndarray
     metrics: Metrics
+    raw_scores: np.ndarray | None = None
+    raw_metrics: Metrics | None = None
 
     def score_lines(self) -> list[str]:
         return [f"{t.label} {t.path1} {t.path2} {s:.8g}" for t, s in zip(self.trials, self.scores)]
 
 
+@dataclass
+class ScoreNorm:
+    """Adaptive s-norm settings: ``cohort_list`` lists audio files (one path per line, or
+    a train list's ``speaker path``), relative to ``cohort_path``; ``top_n`` closest used."""
+    cohort_list: str
+    cohort_path: str = ""
+    top_n: int = 300
+
+
 def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: int = 350,
                   num_eval: int = 10, device: torch.device | str = "cpu", workers: int = 0,
-                  progress: bool = True) -> EvalResult:
+                  progress: bool = True, score_norm: ScoreNorm | None = None) -> EvalResult:
     trials = read_trials(test_list)
     n_target = sum(t.label for t in trials)
     if n_target in (0, len(trials)):
@@ -157,11 +238,56 @@ def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: 
                              f"{'non-target' if n_target == 0 else 'target'}; EER and minDCF "
                              "need both labels 1 and 0")
     files = validate_inputs(trials, test_path, test_list)
-    index = {f: i for i, f in enumerate(files)}
-    pairs = np.array([(index[t.path1], index[t.path2]) for t in trials], dtype=np.int64)
+    paths = [os.path.normpath(os.path.join(test_path, f)) for f in files]
+    cohort = []
+    if score_norm is not None:
+        cohort = validate_cohort(score_norm)
+        known = set(paths)
+        paths += [p for p in cohort if p not in known]
+    index = {p: i for i, p in enumerate(paths)}
+    rel_index = {f: i for i, f in enumerate(files)}
+    pairs = np.array([(rel_index[t.path1], rel_index[t.path2]) for t in trials], dtype=np.int64)
     net = net.to(device)
-    feats = extract_features(net, [os.path.join(test_path, f) for f in files], eval_frames,
-                             num_eval, device=device, workers=workers, progress=progress)
+    feats = extract_features(net, paths, eval_frames, num_eval, device=device, workers=workers,
+                             progress=progress)
     scores = score_pairs(net, feats, pairs, progress=progress)
-    metrics = compute_metrics(scores, [t.label for t in trials])
-    return EvalResult(trials, scores, metrics)
+    labels = [t.label for t in trials]
+    if score_norm is None:
+        return EvalResult(trials, scores, compute_metrics(scores, labels))
+    # One row of cohort scores per trial file (CAP's score is symmetric, spec §3), the file
+    # itself left out when it is also in the cohort.
+    cohort_ids = np.array([index[p] for p in cohort])
+    file_ids = np.arange(len(files))
+    table = cohort_scores(net, feats, file_ids, cohort_ids, progress=progress)
+    table[file_ids[:, None] == cohort_ids[None, :]] = -np.inf
+    mean, std = cohort_stats(table, score_norm.top_n)
+    normed = adaptive_snorm(scores, mean[pairs[:, 0]], std[pairs[:, 0]],
+                            mean[pairs[:, 1]], std[pairs[:, 1]])
+    return EvalResult(trials, normed, compute_metrics(normed, labels),
+                      raw_scores=scores, raw_metrics=compute_metrics(scores, labels))
+
+
+def validate_cohort(norm: ScoreNorm) -> list[str]:
+    """Full paths of the cohort files, checked like the trial files."""
+    rel = read_audio_list(norm.cohort_list)
+    if len(rel) < 2:
+        raise EvalInputError(f"{norm.cohort_list}: a cohort needs at least 2 files, found {len(rel)}")
+    validate_files(rel, norm.cohort_path, f"cohort list {norm.cohort_list}")
+    full = list(dict.fromkeys(os.path.normpath(os.path.join(norm.cohort_path, r)) for r in rel))
+    return full
+
+
+@torch.inference_mode()
+def cohort_scores(net: SpeakerNet, feats: FileFeatures, file_ids: np.ndarray,
+                  cohort_ids: np.ndarray, progress: bool = True) -> np.ndarray:
+    """(len(file_ids), len(cohort_ids)) scores, each computed like a trial's score.
+
+    TAP/SAP: one matrix product of mean unit embeddings. CAP: every (file, cohort) pair goes
+    through the batched pairwise engine, the file as support.
+    """
+    if not net.pairwise:
+        files = torch.stack([feats.emb[i].mean(dim=0) for i in file_ids])
+        cohort = torch.stack([feats.emb[i].mean(dim=0) for i in cohort_ids])
+        return (files @ cohort.T).double().cpu().numpy()
+    pairs = np.stack(np.meshgrid(file_ids, cohort_ids, indexing="ij"), axis=-1).reshape(-1, 2)
+    return score_pairs(net, feats, pairs, progress=progress).reshape(len(file_ids), len(cohort_ids))

@@ -5,6 +5,11 @@
 embedding of each side for every (query i, support j) pair. It is computed with the exact
 low-cost form of the spec's cost note, never with the (Nq, Ns, Tq, Ts) correlation tensor;
 :func:`cap_attention_literal` keeps the literal form as a test oracle.
+
+Masks (full-length scoring). Every head takes optional boolean frame masks, True on real
+frames, so utterances of different lengths can share one padded batch: (B, T) for TAP/SAP,
+(G, N, T) per side for CAP. A masked item gives the same result as the unpadded item alone
+(to float rounding); without a mask the original code runs unchanged.
 """
 from __future__ import annotations
 
@@ -27,8 +32,11 @@ class TAP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(in_dim, nOut)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=2))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, D, T), mask (B, T) or None -> (B, E)."""
+        if mask is None:
+            return self.fc(x.mean(dim=2))
+        return self.fc(masked_mean(x, mask.unsqueeze(1), dim=2))
 
 
 @POOLINGS.register("SAP")
@@ -44,11 +52,37 @@ class SAP(nn.Module):
         nn.init.xavier_normal_(self.attention)
         self.fc = nn.Linear(in_dim, nOut)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, D, T), mask (B, T) or None -> (B, E)."""
         x = x.transpose(1, 2)                                          # (B, T, D)
         scores = torch.tanh(self.sap_linear(x)) @ self.attention       # (B, T, 1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))
         weights = torch.softmax(scores, dim=1)
         return self.fc((x * weights).sum(dim=1))
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean of ``x`` over ``dim`` counting only positions where the (broadcastable) mask is True."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum(dim=dim) / mask.sum(dim=dim)
+
+
+def lengths_to_mask(lengths, max_len: int | None = None) -> torch.Tensor:
+    """Frame counts (B,) -> boolean mask (B, max_len), True on the first ``lengths[b]`` frames."""
+    lengths = torch.as_tensor(lengths)
+    max_len = int(lengths.max()) if max_len is None else max_len
+    return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(-1)
+
+
+def pad_frames(frames: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame features [(..., D, T_i)] -> zero-padded (B, ..., D, T_max) and mask (B, ..., T_max)."""
+    lengths = [f.shape[-1] for f in frames]
+    t_max = max(lengths)
+    padded = torch.stack([F.pad(f, (0, t_max - f.shape[-1])) for f in frames])
+    mask = lengths_to_mask(torch.tensor(lengths, device=padded.device), t_max)
+    mask = mask.reshape((len(frames),) + (1,) * (padded.dim() - 3) + (t_max,))
+    return padded, mask.expand(padded.shape[:-2] + (t_max,))
 
 
 def _unit_frames(h: torch.Tensor) -> torch.Tensor:
@@ -66,20 +100,41 @@ def cap_attention(hs: torch.Tensor, hq: torch.Tensor, tau: float):
     and symmetrically for the support side. Every step is a batched matmul over a
     contiguous layout, so no (Tq, Ts) tensor and few copies are made.
     """
-    g, ns, ts, d = hs.shape
-    nq, tq = hq.shape[1], hq.shape[2]
+    # No reshapes on Python ints, so traced exports keep every size dynamic.
     mean_q, mean_s = hq.mean(dim=2), hs.mean(dim=2)                        # (G, Nq, D), (G, Ns, D)
-    # support side context c_s[g, j, u, i], then sum_u c_s hs_u -> (G, Nq, Ns, D)
-    ctx_s = torch.matmul(hs.reshape(g, ns * ts, d), mean_q.transpose(1, 2)).reshape(g * ns, ts, nq)
-    summary_s = torch.matmul(ctx_s.transpose(1, 2), hs.reshape(g * ns, ts, d))
-    summary_s = summary_s.reshape(g, ns, nq, d).transpose(1, 2)
-    logit_q = torch.matmul(summary_s, hq.transpose(2, 3))                     # (G, Nq, Ns, Tq)
-    # query side, mirrored: (G, Ns, Nq, Ts) computed, returned as a (G, Nq, Ns, Ts) view
-    ctx_q = torch.matmul(hq.reshape(g, nq * tq, d), mean_s.transpose(1, 2)).reshape(g * nq, tq, ns)
-    summary_q = torch.matmul(ctx_q.transpose(1, 2), hq.reshape(g * nq, tq, d))
-    summary_q = summary_q.reshape(g, nq, ns, d).transpose(1, 2)
-    logit_s = torch.matmul(summary_q, hs.transpose(2, 3)).transpose(1, 2)     # (G, Nq, Ns, Ts)
+    # support side: c_s (G, Ns, Ts, Nq), then sum_u c_s hs_u -> (G, Ns, Nq, D)
+    ctx_s = torch.matmul(hs, mean_q.transpose(1, 2).unsqueeze(1))
+    summary_s = torch.matmul(ctx_s.transpose(2, 3), hs)
+    logit_q = torch.matmul(summary_s.transpose(1, 2), hq.transpose(2, 3))     # (G, Nq, Ns, Tq)
+    # query side, mirrored: c_q (G, Nq, Tq, Ns) -> (G, Nq, Ns, D) -> logits (G, Ns, Nq, Ts)
+    ctx_q = torch.matmul(hq, mean_s.transpose(1, 2).unsqueeze(1))
+    summary_q = torch.matmul(ctx_q.transpose(2, 3), hq)
+    logit_s = torch.matmul(summary_q.transpose(1, 2), hs.transpose(2, 3)).transpose(1, 2)
     return torch.softmax(logit_q / tau, dim=-1) + 1, torch.softmax(logit_s / tau, dim=-1) + 1
+
+
+def cap_attention_masked(hs: torch.Tensor, hq: torch.Tensor, tau: float,
+                         mask_s: torch.Tensor, mask_q: torch.Tensor):
+    """:func:`cap_attention` over padded frames; masks (G, Ns, Ts) and (G, Nq, Tq), True = real.
+
+    Padded frames are zeroed so they add nothing to the context sums, get -inf logits, and
+    get weight 0 instead of softmax + 1.
+    """
+    fs, fq = mask_s.to(hs.dtype), mask_q.to(hq.dtype)
+    hs, hq = hs * fs.unsqueeze(-1), hq * fq.unsqueeze(-1)
+    mean_q = hq.sum(dim=2) / fq.sum(dim=2, keepdim=True)                # (G, Nq, D)
+    mean_s = hs.sum(dim=2) / fs.sum(dim=2, keepdim=True)                # (G, Ns, D)
+    ctx_s = torch.einsum("gjud,gid->giju", hs, mean_q)
+    ctx_q = torch.einsum("gitd,gjd->gijt", hq, mean_s)
+    summary_s = torch.einsum("giju,gjud->gijd", ctx_s, hs)
+    summary_q = torch.einsum("gijt,gitd->gijd", ctx_q, hq)
+    logit_q = torch.einsum("gitd,gijd->gijt", hq, summary_s) / tau
+    logit_s = torch.einsum("gjud,gijd->giju", hs, summary_q) / tau
+    keep_q = mask_q.unsqueeze(2)                                         # (G, Nq, 1, Tq)
+    keep_s = mask_s.unsqueeze(1)                                         # (G, 1, Ns, Ts)
+    w_q = (torch.softmax(logit_q.masked_fill(~keep_q, float("-inf")), dim=-1) + 1) * keep_q
+    w_s = (torch.softmax(logit_s.masked_fill(~keep_s, float("-inf")), dim=-1) + 1) * keep_s
+    return w_q, w_s
 
 
 def cap_attention_literal(hs: torch.Tensor, hq: torch.Tensor, tau: float):
@@ -98,6 +153,8 @@ class CAP(nn.Module):
 
     ``forward(support (Ns, D, Ts), query (Nq, D, Tq))`` -> (e_s, e_q), each (Nq, Ns, E).
     ``forward_grouped`` does the same for G independent groups at once (evaluation batches).
+    Optional ``support_mask`` / ``query_mask`` (True on real frames) let padded batches of
+    different lengths share one call.
     """
 
     pairwise = True
@@ -116,34 +173,44 @@ class CAP(nn.Module):
         """(N, D, T) backbone frames -> (N, T, D) unit-norm meta-projections."""
         return _unit_frames(self.meta_learner(frames))
 
-    def forward(self, support: torch.Tensor, query: torch.Tensor):
-        e_s, e_q = self.forward_grouped(support.unsqueeze(0), query.unsqueeze(0))
+    def forward(self, support: torch.Tensor, query: torch.Tensor,
+                support_mask: torch.Tensor | None = None, query_mask: torch.Tensor | None = None):
+        """support (Ns, D, Ts), query (Nq, D, Tq), masks (Ns, Ts) / (Nq, Tq) -> (e_s, e_q)."""
+        masks = [m if m is None else m.unsqueeze(0) for m in (support_mask, query_mask)]
+        e_s, e_q = self.forward_grouped(support.unsqueeze(0), query.unsqueeze(0),
+                                        support_mask=masks[0], query_mask=masks[1])
         return e_s[0], e_q[0]
 
     def forward_grouped(self, support: torch.Tensor, query: torch.Tensor,
-                        hs: torch.Tensor | None = None, hq: torch.Tensor | None = None):
+                        hs: torch.Tensor | None = None, hq: torch.Tensor | None = None,
+                        support_mask: torch.Tensor | None = None,
+                        query_mask: torch.Tensor | None = None):
         """support (G, Ns, D, Ts), query (G, Nq, D, Tq) -> e_s, e_q each (G, Nq, Ns, E).
 
         ``hs``/``hq`` may carry precomputed :meth:`project` outputs, shaped (G, N, T, D).
+        Masks (G, Ns, Ts) / (G, Nq, Tq), True on real frames; the values of padded frames
+        (in ``support``, ``query``, ``hs``, ``hq``) are ignored.
         """
-        pooled_s, pooled_q = self._pool(support, query, hs, hq)
+        pooled_s, pooled_q = self._pool(support, query, hs, hq, support_mask, query_mask)
         return F.linear(pooled_s, self.fc), F.linear(pooled_q, self.fc)
 
     def score_grouped(self, support: torch.Tensor, query: torch.Tensor,
-                      hs: torch.Tensor | None = None, hq: torch.Tensor | None = None) -> torch.Tensor:
+                      hs: torch.Tensor | None = None, hq: torch.Tensor | None = None,
+                      support_mask: torch.Tensor | None = None,
+                      query_mask: torch.Tensor | None = None) -> torch.Tensor:
         """cos(e_s, e_q) for every pair, (G, Nq, Ns), without forming the embeddings.
 
         With P the projection and M = P^T P, cos(Pa, Pb) = a^T M b / sqrt(a^T M a b^T M b):
         a D x D product instead of an E x D one per vector.
         """
-        a, b = self._pool(support, query, hs, hq)
+        a, b = self._pool(support, query, hs, hq, support_mask, query_mask)
         gram = self.fc.t() @ self.fc
         a_m, b_m = a @ gram, b @ gram
         dot = (a_m * b).sum(-1)
         norms = ((a_m * a).sum(-1) * (b_m * b).sum(-1)).clamp_min(1e-24).sqrt()
         return dot / norms
 
-    def _pool(self, support, query, hs, hq):
+    def _pool(self, support, query, hs, hq, support_mask=None, query_mask=None):
         """Attention-pooled, batch-normalised pair vectors (pooled_s, pooled_q), each (G, Nq, Ns, D)."""
         g, ns, d, ts = support.shape
         nq, tq = query.shape[1], query.shape[3]
@@ -151,11 +218,21 @@ class CAP(nn.Module):
             hs = self.project(support.reshape(g * ns, d, ts)).reshape(g, ns, ts, d)
         if hq is None:
             hq = self.project(query.reshape(g * nq, d, tq)).reshape(g, nq, tq, d)
-        attend = cap_attention_literal if self.literal else cap_attention
-        w_q, w_s = attend(hs, hq, self.temperature)
+        if support_mask is None and query_mask is None:
+            attend = cap_attention_literal if self.literal else cap_attention
+            w_q, w_s = attend(hs, hq, self.temperature)
+            len_q, len_s = tq, ts      # kept as sizes (not floats) so traced exports stay dynamic
+        else:
+            if support_mask is None:
+                support_mask = torch.ones(g, ns, ts, dtype=torch.bool, device=support.device)
+            if query_mask is None:
+                query_mask = torch.ones(g, nq, tq, dtype=torch.bool, device=query.device)
+            w_q, w_s = cap_attention_masked(hs, hq, self.temperature, support_mask, query_mask)
+            len_q = query_mask.sum(dim=-1).to(query.dtype)[:, :, None, None]       # (G, Nq, 1, 1)
+            len_s = support_mask.sum(dim=-1).to(support.dtype)[:, None, :, None]   # (G, 1, Ns, 1)
         # Pool the backbone frames, not the projections: p[i,j] = mean_t w[i,j,t] x_t.
-        pooled_q = torch.matmul(w_q, query.transpose(2, 3)) / tq                       # (G, Nq, Ns, D)
-        pooled_s = torch.matmul(w_s.transpose(1, 2), support.transpose(2, 3)).transpose(1, 2) / ts
+        pooled_q = torch.matmul(w_q, query.transpose(2, 3)) / len_q                        # (G, Nq, Ns, D)
+        pooled_s = torch.matmul(w_s.transpose(1, 2), support.transpose(2, 3)).transpose(1, 2) / len_s
         both = torch.cat([pooled_q, pooled_s], dim=0).reshape(-1, d)
         both = F.relu(self.att_bn(both)).reshape(2 * g, nq, ns, d)
         return both[g:], both[:g]

@@ -70,3 +70,26 @@ def trial_files(trials: list[Trial]) -> list[str]:
 
 def missing_files(root: str, relpaths: list[str]) -> list[str]:
     return [p for p in relpaths if not os.path.isfile(os.path.join(root, p))]
+
+
+def read_audio_list(path: str) -> list[str]:
+    """Audio paths from a list file, in order, without repeats.
+
+    Accepts one path per line, a train list (``speaker path``) or a trial list
+    (``label path1 path2``, both paths taken).
+    """
+    paths: dict[str, None] = {}
+    for number, text in _lines(path):
+        fields = text.split()
+        if len(fields) == 1:
+            paths[fields[0]] = None
+        elif len(fields) == 2:
+            paths[fields[1]] = None
+        elif len(fields) == 3 and fields[0] in ("0", "1"):
+            paths[fields[1]] = paths[fields[2]] = None
+        else:
+            raise ListError(f"{path}:{number}: expected '<path>', '<speaker> <path>' or "
+                            f"'<label> <path1> <path2>', found: {text[:120]!r}")
+    if not paths:
+        raise ListError(f"{path}: the list is empty")
+    return list(paths)

@@ -1,0 +1,239 @@
+"""Python API: compare two recordings, embed your own audio.
+
+>>> from capsv import SpeakerVerifier
+>>> sv = SpeakerVerifier.from_checkpoint("exps/cap/model/model000000050.model")
+>>> sv.score("alice_1.wav", "alice_2.wav")            # same protocol as `capsv eval`
+0.9731...
+>>> sv.verify("alice_1.wav", "bob.wav")               # threshold stored by the trainer
+Verification(score=0.8412..., threshold=0.9503..., same_speaker=False)
+
+Scores follow the paper's evaluation protocol (spec §5) exactly, through the same code as
+``capsv eval``: each input gives ``num_eval`` (10) crops of ``eval_frames`` (350) frames;
+TAP/SAP score the mean of the 10 x 10 crop cosine matrix, CAP scores the pair with the
+first input as support and the second as query. ``eval_frames=0`` scores whole utterances.
+
+Inputs: a path to an audio file (WAV/FLAC, 16 kHz), or a mono waveform at 16 kHz as a numpy
+array or torch tensor of shape (samples,). The network expects the **int16 scale**
+(-32768..32767), like the paper's code:
+
+- integer arrays (e.g. int16 PCM) are used as they are;
+- float arrays on the int16 scale are used as they are;
+- float arrays that look like [-1, 1] audio (peak at most 1.0) are multiplied by 32768 with a
+  warning. Say what you pass with ``input_scale="int16"`` or ``"unit"`` to skip the guess
+  (and the warning).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .audio import INT16_SCALE, audio_info
+from .checkpoint import is_capsv, load_model
+from .errors import CapsvError
+from .evaluate import FileFeatures, extract_features, score_pairs
+from .models import SpeakerNet
+from .utils import resolve_device
+
+INPUT_SCALES = ("auto", "int16", "unit")
+
+
+class InputError(CapsvError):
+    """An input the API cannot score; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of :meth:`SpeakerVerifier.verify`: ``same_speaker`` is ``score >= threshold``."""
+    score: float
+    threshold: float
+    same_speaker: bool
+
+    def __bool__(self) -> bool:
+        return self.same_speaker
+
+
+class SpeakerVerifier:
+    """A trained model plus the evaluation protocol, ready to score and embed audio.
+
+    Build it with :meth:`from_checkpoint`; or wrap a :class:`~capsv.models.SpeakerNet` you
+    hold: ``SpeakerVerifier(net, threshold=0.9)``.
+
+    Attributes: ``net`` (eval mode), ``pairwise`` (True for CAP), ``threshold`` (float or
+    None), ``eval_frames``, ``num_eval``, ``device``.
+    """
+
+    def __init__(self, net: SpeakerNet, *, eval_frames: int = 350, num_eval: int = 10,
+                 threshold: float | None = None, device: str | torch.device = "cpu",
+                 input_scale: str = "auto"):
+        if input_scale not in INPUT_SCALES:
+            raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
+        if eval_frames > 0 and num_eval < 1:
+            raise ValueError(f"num_eval must be at least 1, got {num_eval}")
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.net = net.to(self.device).eval()
+        self.eval_frames, self.num_eval = int(eval_frames), int(num_eval)
+        self.threshold = None if threshold is None else float(threshold)
+        self.input_scale = input_scale
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", model: str | None = None,
+                        encoder_type: str | None = None, nOut: int | None = None,
+                        eval_frames: int = 350, num_eval: int = 10,
+                        input_scale: str = "auto") -> "SpeakerVerifier":
+        """Load a capsv checkpoint (config and threshold inside) or a reference state_dict.
+
+        A reference state_dict does not record its backbone: pass ``model="ResNetSE34L"``
+        (or ``"ResNetSE34"``); ``encoder_type`` and ``nOut`` are read from its tensors.
+        The threshold is ``meta["eer_threshold"]`` of a capsv checkpoint (the EER point of the
+        trainer's last evaluation), else None.
+
+        >>> sv = SpeakerVerifier.from_checkpoint("ResNetSE34L_CAP.model", model="ResNetSE34L")
+        """
+        device = resolve_device(device)
+        net, ckpt = load_model(os.fspath(path), model, encoder_type, nOut, device=device)
+        meta = (ckpt.get("meta") or {}) if is_capsv(ckpt) else {}
+        threshold = meta.get("eer_threshold")
+        return cls(net, eval_frames=eval_frames, num_eval=num_eval, threshold=threshold,
+                   device=device, input_scale=input_scale)
+
+    @property
+    def pairwise(self) -> bool:
+        return self.net.pairwise
+
+    @property
+    def config(self) -> dict:
+        return dict(self.net.config)
+
+    # -- scoring -------------------------------------------------------------------------
+
+    def score(self, a, b) -> float:
+        """Score of one pair (higher = more likely the same speaker).
+
+        >>> sv.score("a.wav", "b.wav")
+        >>> sv.score(wave_a, wave_b)      # 1-D numpy arrays / tensors at 16 kHz
+        """
+        return float(self.score_pairs([(a, b)])[0])
+
+    def score_pairs(self, pairs: Iterable[tuple], progress: bool = False) -> np.ndarray:
+        """Scores of many (a, b) pairs, float64 (N,). Each distinct input is processed once.
+
+        >>> sv.score_pairs([("a.wav", "b.wav"), ("a.wav", "c.wav")])
+        array([0.97..., 0.81...])
+        """
+        pairs = list(pairs)
+        for number, pair in enumerate(pairs):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise InputError(f"pair {number}: expected (a, b), got {type(pair).__name__}")
+        sources, index = self._collect([x for pair in pairs for x in pair])
+        feats = self._features(sources, progress)
+        rows = np.array([(index[2 * k], index[2 * k + 1]) for k in range(len(pairs))],
+                        dtype=np.int64).reshape(-1, 2)
+        return score_pairs(self.net, feats, rows, progress=progress)
+
+    def verify(self, a, b, threshold: float | None = None) -> Verification:
+        """Score a pair and decide: same speaker when ``score >= threshold``.
+
+        ``threshold`` defaults to the one stored in the checkpoint. It only makes sense for
+        the protocol it was measured with (by default 10 crops x 350 frames, no score norm).
+
+        >>> result = sv.verify("a.wav", "b.wav")
+        >>> result.same_speaker, result.score
+        """
+        threshold = self.threshold if threshold is None else float(threshold)
+        if threshold is None:
+            raise CapsvError("no decision threshold: the checkpoint stores none (meta "
+                             "'eer_threshold'); pass one (threshold=..., or --threshold)")
+        value = self.score(a, b)
+        return Verification(value, threshold, bool(value >= threshold))
+
+    # -- embeddings ----------------------------------------------------------------------
+
+    def embed(self, x, crops: bool = False) -> np.ndarray:
+        """TAP/SAP: the input's embedding; CAP: its frame features.
+
+        - TAP/SAP, default: the mean of the crops' unit-length embeddings, float32 (E,). Its
+          dot product with another input's (not the cosine) is exactly :meth:`score`.
+          ``crops=True`` gives the unit-length crop embeddings (num_eval, E).
+        - CAP has no single-input embedding: its pooling depends on the other side of the
+          pair. Returns the backbone's frame features (num_eval, D, T), float32, which the
+          CAP head pairs up (``self.net.pooling(support, query)``; :mod:`capsv.export`
+          deploys the same split as two graphs).
+        """
+        return self.embed_many([x], crops=crops)[0]
+
+    def embed_many(self, xs: Sequence, crops: bool = False, progress: bool = False) -> list[np.ndarray]:
+        """:meth:`embed` for a list of inputs, batched."""
+        sources, index = self._collect(list(xs))
+        feats = self._features(sources, progress)
+        return [self._embedding_of(feats, i, crops) for i in index]
+
+    def _embedding_of(self, feats: FileFeatures, i: int, crops: bool) -> np.ndarray:
+        if self.pairwise:
+            return feats.frames[i].float().cpu().numpy()
+        emb = feats.emb[i] if crops else feats.emb[i].mean(dim=0)
+        return emb.float().cpu().numpy()
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def _features(self, sources: list, progress: bool) -> FileFeatures:
+        return extract_features(self.net, sources, self.eval_frames, self.num_eval,
+                                device=self.device, workers=0, progress=progress)
+
+    def _collect(self, inputs: list) -> tuple[list, list[int]]:
+        """Distinct sources (paths, or int16-scale float32 waveforms) and each input's index."""
+        sources, seen, index = [], {}, []
+        for number, item in enumerate(inputs):
+            key = os.path.normpath(os.fspath(item)) if _is_path(item) else ("array", id(item))
+            if key not in seen:
+                if _is_path(item):
+                    audio_info(key)   # missing, unreadable, empty or wrong-rate files fail here
+                    sources.append(key)
+                else:
+                    sources.append(to_int16_scale(item, self.input_scale, f"input {number}"))
+                seen[key] = len(sources) - 1
+            index.append(seen[key])
+        return sources, index
+
+
+def _is_path(item) -> bool:
+    return isinstance(item, (str, os.PathLike))
+
+
+def to_int16_scale(x, input_scale: str = "auto", name: str = "input") -> np.ndarray:
+    """A waveform (numpy array or tensor, (samples,)) -> float32 on the int16 scale.
+
+    See the module docstring for the rules; ``input_scale`` is "auto", "int16" or "unit".
+    """
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise InputError(f"{name}: expected a path, a numpy array or a torch tensor, "
+                         f"got {type(x).__name__}")
+    if x.ndim != 1:
+        raise InputError(f"{name}: expected a mono waveform of shape (samples,), got shape "
+                         f"{x.shape}; average the channels first")
+    if x.size == 0:
+        raise InputError(f"{name}: the waveform is empty")
+    if x.dtype.kind in "iu":
+        if x.dtype != np.int16 and (x.min() < -32768 or x.max() > 32767):
+            raise InputError(f"{name}: {x.dtype} samples outside the int16 range; pass int16 "
+                             "PCM or float samples")
+        return x.astype(np.float32)
+    if x.dtype.kind != "f":
+        raise InputError(f"{name}: unsupported sample type {x.dtype}")
+    if not np.isfinite(x).all():
+        raise InputError(f"{name}: the waveform holds NaN or infinite samples")
+    wave = x.astype(np.float32)
+    if input_scale == "unit":
+        return wave * np.float32(INT16_SCALE)
+    if input_scale == "auto" and 0 < np.abs(wave).max() <= 1.0:
+        warnings.warn(f"{name}: float samples within [-1, 1]; multiplied by 32768 because the "
+                      "model expects the int16 scale (pass input_scale='unit' or 'int16' to "
+                      "say which you give)", stacklevel=4)
+        return wave * np.float32(INT16_SCALE)
+    return wave
