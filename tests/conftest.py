@@ -7,7 +7,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "fixtures" / "cap-reference"
+FIXTURE = Path("shared") / "fixtures" / "cap-reference"
+# The repo is cloned beside shared/; a git worktree may sit one or two folders deeper.
+REFERENCE = next((p / FIXTURE for p in REPO.parents if (p / FIXTURE).is_dir()),
+                 REPO.parent / FIXTURE)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -12,6 +12,7 @@ from .errors import CapsvError
 # subcommand -> module in capsv.commands (imported lazily so `capsv --help` stays fast)
 COMMANDS = {
     "eval": "eval",
+    "train": "train",
 }
 
 
@@ -79,8 +80,24 @@ def legacy_main(argv: list[str] | None = None) -> int:
         print(f"trainSpeakerNet.py: '{name}' is not available in this version", file=sys.stderr)
         return 2
     if name == "eval" and "train" in COMMANDS:
+        argv = _with_run_checkpoint(argv)
         argv = _train_flags_dropped(argv)
     return run_command(name, argv, prog="trainSpeakerNet.py")
+
+
+def _with_run_checkpoint(argv: list[str]) -> list[str]:
+    """Like the original ``--eval``: without --initial_model, use the newest checkpoint of
+    --save_path (the original loads it before evaluating)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--initial_model", default="")
+    probe.add_argument("--save_path", default="")
+    known, _ = probe.parse_known_args(argv)
+    if known.initial_model or not known.save_path:
+        return argv
+    from .train import list_checkpoints
+
+    found = list_checkpoints(known.save_path)
+    return argv + ["--initial_model", found[0][1]] if found else argv
 
 
 def _train_flags_dropped(argv: list[str]) -> list[str]:
