@@ -80,9 +80,35 @@ def legacy_main(argv: list[str] | None = None) -> int:
         print(f"trainSpeakerNet.py: '{name}' is not available in this version", file=sys.stderr)
         return 2
     if name == "eval" and "train" in COMMANDS:
+        argv = _config_as_flags(argv)
         argv = _with_run_checkpoint(argv)
         argv = _train_flags_dropped(argv)
     return run_command(name, argv, prog="trainSpeakerNet.py")
+
+
+def _config_as_flags(argv: list[str]) -> list[str]:
+    """A training --config file holds keys eval does not know: spell its entries as flags
+    placed before the typed ones (so typed flags still win) and drop --config."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--config")
+    known, rest = probe.parse_known_args(argv)
+    if not known.config:
+        return argv
+    from .config import load_yaml
+
+    train_parser = argparse.ArgumentParser(add_help=False)
+    _load("train").add_arguments(train_parser)
+    actions = {s.lstrip("-"): a for a in train_parser._actions for s in a.option_strings}
+    flags = []
+    for key, value in load_yaml(known.config).items():
+        action = actions.get(key)
+        if action is None or value is None:
+            continue                     # unknown keys are the training command's to report
+        if action.nargs == 0:
+            flags += [action.option_strings[0]] if value else []
+        else:
+            flags += [action.option_strings[0], str(value)]
+    return flags + rest
 
 
 def _with_run_checkpoint(argv: list[str]) -> list[str]:

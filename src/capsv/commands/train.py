@@ -86,9 +86,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also log to save_path/tensorboard (needs the tensorboard package)")
     add_eval_args(p)
     add_runtime_args(p)
-    # One source of defaults: TrainConfig (also used by the Python API).
-    dests = {a.dest for a in p._actions}
-    p.set_defaults(**{f.name: f.default for f in fields(TrainConfig) if f.name in dests})
+    # One source of defaults: TrainConfig (also used by the Python API). Set on the actions,
+    # not with set_defaults(), so capsv.config can still tell typed flags from defaults.
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    for action in p._actions:
+        if action.dest in defaults:
+            action.default = defaults[action.dest]
 
 
 def run(args: argparse.Namespace) -> int:
