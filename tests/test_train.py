@@ -312,3 +312,28 @@ def test_initial_model_then_no_op_when_max_epoch_reached(small_corpus, tmp_path,
                          initial_model=first.checkpoint, max_epoch=1))
     assert seeded.resumed_from is None and seeded.final_epoch == 1
     assert f"initial weights from {first.checkpoint}" in capsys.readouterr().out
+
+
+def test_a_broken_newest_checkpoint_is_skipped(small_corpus, tmp_path, one_thread, capsys):
+    first = train(_args(small_corpus, tmp_path))
+    broken = tmp_path / "run" / "model" / "model000000002.model"
+    broken.write_bytes(b"half a checkpoint")                   # e.g. copied by hand, truncated
+    summary = train(_args(small_corpus, tmp_path, max_epoch=2))
+    out = capsys.readouterr().out
+    assert "skipping unreadable checkpoint" in out and summary.resumed_from == first.checkpoint
+    assert summary.final_epoch == 2
+    assert torch.load(broken, weights_only=True)["meta"]["epoch"] == 2
+
+
+def test_a_run_of_the_original_code_is_continued(reference_dir, small_corpus, tmp_path, one_thread,
+                                                 capsys):
+    """save_path/model holding the original's model%09d.model: its weights are loaded (its
+    5994-row global_w does not fit 6 speakers and is skipped) and training goes on after it."""
+    folder = tmp_path / "run" / "model"
+    folder.mkdir(parents=True)
+    (folder / "model000000005.model").write_bytes((reference_dir / "ResNetSE34L_TAP.model").read_bytes())
+    summary = train(_args(small_corpus, tmp_path, nOut=512, global_clf=True, max_epoch=6))
+    out = capsys.readouterr().out
+    assert "resuming a reference-format run" in out and "global_w (5994, 512) ignored" in out
+    assert summary.first_epoch == 6 and summary.final_epoch == 6
+    assert (folder / "model000000005.model").exists()          # never deleted: not written by capsv

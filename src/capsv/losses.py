@@ -72,15 +72,15 @@ class Embeddings:
 @dataclass
 class LossOutput:
     loss: torch.Tensor                      # scalar, what backward() runs on
-    top1: float                             # percent, on ``logits``
+    top1: torch.Tensor                      # percent, on ``logits`` (0-dim; no GPU sync)
     logits: torch.Tensor                    # the main loss's logits (for accuracy, tests)
     parts: dict[str, torch.Tensor] = field(default_factory=dict)   # named loss terms
     global_logits: torch.Tensor | None = None   # the global classifier's, when enabled
 
 
 @torch.no_grad()
-def top1_accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
-    return float((logits.argmax(dim=1) == target).float().mean().item() * 100.0)
+def top1_accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(dim=1) == target).float().mean() * 100.0
 
 
 def _query_targets(emb: Embeddings) -> torch.Tensor:

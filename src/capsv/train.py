@@ -405,7 +405,8 @@ def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: 
     lr = current_lr(optimizer)
     loss_sum = torch.zeros((), device=device)
     part_sums: dict[str, torch.Tensor] = {}
-    acc_sum, steps, crops = 0.0, 0, 0
+    acc_sum = torch.zeros((), device=device)
+    steps, crops = 0, 0
     started = last_shown = time.time()
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}", unit="step", disable=not progress,
                dynamic_ncols=True)
@@ -431,7 +432,7 @@ def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: 
                 if not math.isfinite(mean_loss):
                     raise TrainError(f"epoch {epoch} step {steps}: the loss is {mean_loss}; "
                                      "training diverged, lower --lr")
-                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{acc_sum / steps:.2f}%",
+                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{acc_sum.item() / steps:.2f}%",
                                 crops_per_s=f"{crops / (last_shown - started):.1f}")
     except CapsvError as exc:
         raise _clean_worker_error(exc) from None
@@ -443,7 +444,8 @@ def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: 
     if not math.isfinite(loss):
         raise TrainError(f"epoch {epoch}: the loss is {loss}; training diverged, lower --lr")
     parts = {k: float(v) / steps for k, v in part_sums.items()}
-    return EpochStats(epoch, loss, acc_sum / steps, lr, steps, crops, time.time() - started, parts)
+    return EpochStats(epoch, loss, acc_sum.item() / steps, lr, steps, crops, time.time() - started,
+                      parts)
 
 
 def _prepare_evaluation(cfg: TrainConfig, log: RunLog) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ..audio import load_random_crop
 from ..errors import CapsvError
@@ -126,17 +126,20 @@ def build_augmenter(musan_path: str, rir_path: str):
 
 
 def _seed_worker(worker_id: int) -> None:
-    """Give each worker distinct, reproducible global RNG states (for any code that uses them)."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
+    """Global RNGs of a worker from (seed, epoch, worker): distinct per worker, and the same
+    after a resume (for code that draws from them instead of the crop's own generator)."""
+    dataset = get_worker_info().dataset
+    state = np.random.SeedSequence([dataset.seed, dataset.epoch, worker_id]).generate_state(2)
+    np.random.seed(int(state[0]))
+    random.seed(int(state[1]))
+    torch.manual_seed(int(state[1]))
 
 
 def make_train_loader(dataset: TrainCrops, sampler: SpeakerBatchSampler, workers: int,
                       pin_memory: bool = False) -> DataLoader:
-    """Batches of ``(waves (M*B, crop_len), labels (M*B,))`` in the sampler's layout."""
-    generator = torch.Generator()
-    generator.manual_seed(dataset.seed)
+    """Batches of ``(waves (M*B, crop_len), labels (M*B,))`` in the sampler's layout.
+
+    Workers are started anew each epoch (after ``set_epoch``), so they see the epoch."""
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                      pin_memory=pin_memory, worker_init_fn=_seed_worker, generator=generator,
+                      pin_memory=pin_memory, worker_init_fn=_seed_worker,
                       prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
