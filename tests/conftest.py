@@ -7,7 +7,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = Path(os.environ.get("CAPSV_REFERENCE", REPO.parent / "shared" / "fixtures" / "cap-reference"))
+FIXTURE = Path("shared") / "fixtures" / "cap-reference"
+# The repo is cloned beside shared/; a git worktree may sit one or two folders deeper.
+_FOUND = next((p / FIXTURE for p in REPO.parents if (p / FIXTURE).is_dir()), REPO.parent / FIXTURE)
+REFERENCE = Path(os.environ.get("CAPSV_REFERENCE", _FOUND))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,21 +56,30 @@ class AudioInfo:
 
 
 def audio_info(path: str, expected_rate: int | None = SAMPLE_RATE) -> AudioInfo:
-    """Read only the header; raise :class:`AudioError` for missing, corrupt or wrong-rate files."""
+    """Read only the header; raise :class:`AudioError` for missing, corrupt or wrong-rate files.
+
+    For AAC (``.m4a``) files the sample count comes from the container's duration and may
+    differ from the decoded length by a frame of priming samples.
+    """
     if not os.path.isfile(path):
         raise AudioError(f"{path}: file not found")
+    if is_compressed(path):
+        return _m4a_info(path, expected_rate)
     try:
         info = sf.info(path)
     except Exception as exc:  # soundfile raises several types for bad headers
         raise AudioError(f"{path}: cannot read audio ({exc}); is it a valid WAV/FLAC file?") from exc
-    if expected_rate is not None and info.samplerate != expected_rate:
-        raise AudioError(
-            f"{path}: sample rate is {info.samplerate} Hz, expected {expected_rate} Hz; "
-            f"resample it first (e.g. `sox in.wav -r {expected_rate} out.wav`)"
-        )
+    _check_rate(path, info.samplerate, expected_rate)
     if info.frames <= 0:
         raise AudioError(f"{path}: the file holds no audio samples")
     return AudioInfo(path, int(info.frames), int(info.samplerate), int(info.channels))
+
+
+def _check_rate(path: str, rate: int, expected_rate: int | None) -> None:
+    if expected_rate is not None and rate != expected_rate:
+        raise AudioError(
+            f"{path}: sample rate is {rate} Hz, expected {expected_rate} Hz; "
+            f"resample it first (e.g. `sox in.wav -r {expected_rate} out.wav`)")
 
 
 def _to_mono(data: np.ndarray, path: str) -> np.ndarray:
@@ -81,28 +91,39 @@ def _to_mono(data: np.ndarray, path: str) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
+@contextmanager
+def _open_soundfile(path: str, expected_rate: int | None):
+    """``sf.SoundFile`` with the rate checked and every failure turned into :class:`AudioError`."""
+    try:
+        with sf.SoundFile(path) as f:
+            _check_rate(path, f.samplerate, expected_rate)
+            yield f
+    except AudioError:
+        raise
+    except Exception as exc:
+        raise AudioError(f"{path}: cannot read audio ({exc})") from exc
+
+
+def _read_int16_scale(f: sf.SoundFile, path: str, frames: int) -> np.ndarray:
+    # soundfile scales int16 by 1/32768 exactly, so this restores the original integers.
+    return _to_mono(f.read(frames, dtype="float32", always_2d=True), path) * np.float32(INT16_SCALE)
+
+
 def load_audio(path: str, start: int = 0, frames: int = -1,
                expected_rate: int | None = SAMPLE_RATE) -> np.ndarray:
     """Read ``frames`` samples from ``start`` (seeking, not reading the whole file).
 
     Returns a mono float32 array on the int16 scale. Multi-channel audio is averaged
-    (with a warning); files of another rate raise :class:`AudioError`.
+    (with a warning); files of another rate raise :class:`AudioError`. AAC (``.m4a``)
+    files are decoded whole with PyAV and then sliced.
     """
-    try:
-        with sf.SoundFile(path) as f:
-            if expected_rate is not None and f.samplerate != expected_rate:
-                raise AudioError(
-                    f"{path}: sample rate is {f.samplerate} Hz, expected {expected_rate} Hz; "
-                    "resample it first")
-            if start:
-                f.seek(start)
-            data = f.read(frames, dtype="float32", always_2d=True)
-    except AudioError:
-        raise
-    except Exception as exc:
-        raise AudioError(f"{path}: cannot read audio ({exc})") from exc
-    # soundfile scales int16 by 1/32768 exactly, so this restores the original integers.
-    return _to_mono(data, path) * np.float32(INT16_SCALE)
+    if is_compressed(path):
+        audio = load_m4a(path, expected_rate)
+        return audio[start:] if frames < 0 else audio[start:start + frames]
+    with _open_soundfile(path, expected_rate) as f:
+        if start:
+            f.seek(start)
+        return _read_int16_scale(f, path, frames)
 
 
 def pad_for_crop(audio: np.ndarray, crop_len: int) -> np.ndarray:
@@ -130,13 +151,118 @@ def load_eval_crops(path: str, eval_frames: int, num_eval: int) -> np.ndarray:
     return eval_crops(load_audio(path), eval_frames, num_eval)
 
 
+def random_crop(audio: np.ndarray, max_frames: int, rng: np.random.Generator) -> np.ndarray:
+    """One training crop of decoded audio: pad short audio per spec §5, else a random start."""
+    crop_len = crop_samples(max_frames)
+    start_fraction = rng.random()   # drawn for every file, so short files use the stream alike
+    if len(audio) <= crop_len:
+        return pad_for_crop(audio, crop_len)[:crop_len]
+    start = int(start_fraction * (len(audio) - crop_len))
+    return audio[start:start + crop_len]
+
+
 def load_random_crop(path: str, max_frames: int, rng: np.random.Generator,
                      n_samples: int | None = None) -> np.ndarray:
-    """One training crop with a random start, reading only the samples it needs."""
+    """One training crop with a random start, reading only the samples it needs.
+
+    WAV/FLAC: one open, the header gives the length, then seek + read of ``crop_len``
+    samples. AAC (``.m4a``) cannot be cut without decoding, so it is decoded whole.
+    ``n_samples`` overrides the header's length (rarely useful).
+    """
+    if is_compressed(path):
+        return random_crop(load_m4a(path), max_frames, rng)
     crop_len = crop_samples(max_frames)
-    if n_samples is None:
-        n_samples = audio_info(path).frames
-    if n_samples <= crop_len:
-        return pad_for_crop(load_audio(path), crop_len)[:crop_len]
-    start = int(rng.random() * (n_samples - crop_len))
-    return load_audio(path, start=start, frames=crop_len)
+    start_fraction = rng.random()
+    with _open_soundfile(path, SAMPLE_RATE) as f:
+        total = f.frames if n_samples is None else n_samples
+        if total <= 0:
+            raise AudioError(f"{path}: the file holds no audio samples")
+        if total <= crop_len:
+            return pad_for_crop(_read_int16_scale(f, path, -1), crop_len)[:crop_len]
+        f.seek(int(start_fraction * (total - crop_len)))
+        crop = _read_int16_scale(f, path, crop_len)
+    if len(crop) < crop_len:
+        raise AudioError(f"{path}: the header promises {total} samples but reading stopped "
+                         f"early; the file is truncated, re-extract or re-convert it")
+    return crop
+
+
+# ---------------------------------------------------------------------------- AAC / m4a
+COMPRESSED_EXTENSIONS = (".m4a", ".aac", ".mp4")
+
+
+def is_compressed(path: str) -> bool:
+    """True for the AAC containers that VoxCeleb2 ships (decoded with PyAV, not soundfile)."""
+    return path.lower().endswith(COMPRESSED_EXTENSIONS)
+
+
+def _open_av(path: str):
+    import av  # imported lazily: only AAC input needs it
+
+    if not os.path.isfile(path):
+        raise AudioError(f"{path}: file not found")
+    try:
+        container = av.open(path)
+    except Exception as exc:
+        raise AudioError(f"{path}: cannot open as AAC/m4a ({exc})") from exc
+    if not container.streams.audio:
+        container.close()
+        raise AudioError(f"{path}: the container holds no audio stream")
+    return container
+
+
+def _m4a_info(path: str, expected_rate: int | None) -> AudioInfo:
+    with _open_av(path) as container:
+        stream = container.streams.audio[0]
+        rate = int(stream.codec_context.sample_rate)
+        _check_rate(path, rate, expected_rate)
+        if stream.duration is not None:
+            frames = int(stream.duration * stream.time_base * rate)
+        else:
+            frames = int((container.duration or 0) * rate / 1_000_000)
+        channels = int(stream.codec_context.channels)
+    if frames <= 0:
+        raise AudioError(f"{path}: the file holds no audio samples")
+    return AudioInfo(path, frames, rate, channels)
+
+
+def _frame_to_mono(frame, path: str) -> np.ndarray:
+    """One decoded PyAV frame -> mono float32 on the int16 scale."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if not frame.format.is_planar:          # packed: (1, samples * channels), interleaved
+        data = data.reshape(-1, channels).T
+    if data.dtype.kind == "f":
+        scale = INT16_SCALE
+    elif data.dtype == np.int16:
+        scale = 1.0
+    elif data.dtype == np.int32:
+        scale = 1.0 / 65536.0
+    else:
+        raise AudioError(f"{path}: unsupported decoded sample format {frame.format.name}")
+    return data.astype(np.float32).mean(axis=0) * np.float32(scale)
+
+
+def load_m4a(path: str, expected_rate: int | None = SAMPLE_RATE) -> np.ndarray:
+    """Decode a whole AAC (``.m4a``) file with PyAV -> mono float32 on the int16 scale.
+
+    No resampling: VoxCeleb2 is 16 kHz, and a file at another rate raises :class:`AudioError`
+    instead of being silently changed. Priming samples are handled as ffmpeg does (the
+    container's edit list).
+    """
+    with _open_av(path) as container:
+        stream = container.streams.audio[0]
+        _check_rate(path, int(stream.codec_context.sample_rate), expected_rate)
+        try:
+            chunks = [_frame_to_mono(frame, path) for frame in container.decode(stream)]
+        except AudioError:
+            raise
+        except Exception as exc:
+            raise AudioError(f"{path}: AAC decoding failed ({exc}); the file is damaged, "
+                             "download or extract it again") from exc
+        if stream.codec_context.channels > 1:
+            warnings.warn(f"{path}: {stream.codec_context.channels} channels, downmixed to "
+                          "mono by averaging", stacklevel=2)
+    if not chunks or sum(len(c) for c in chunks) == 0:
+        raise AudioError(f"{path}: the file holds no audio samples")
+    return np.concatenate(chunks)

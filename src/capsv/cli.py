@@ -12,6 +12,7 @@ from .errors import CapsvError
 # subcommand -> module in capsv.commands (imported lazily so `capsv --help` stays fast)
 COMMANDS = {
     "eval": "eval",
+    "train": "train",
     "prepare": "prepare",
     "verify": "verify",
     "embed": "embed",
@@ -84,8 +85,50 @@ def legacy_main(argv: list[str] | None = None) -> int:
         print(f"trainSpeakerNet.py: '{name}' is not available in this version", file=sys.stderr)
         return 2
     if name == "eval" and "train" in COMMANDS:
+        argv = _config_as_flags(argv)
+        argv = _with_run_checkpoint(argv)
         argv = _train_flags_dropped(argv)
     return run_command(name, argv, prog="trainSpeakerNet.py")
+
+
+def _config_as_flags(argv: list[str]) -> list[str]:
+    """A training --config file holds keys eval does not know: spell its entries as flags
+    placed before the typed ones (so typed flags still win) and drop --config."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--config")
+    known, rest = probe.parse_known_args(argv)
+    if not known.config:
+        return argv
+    from .config import load_yaml
+
+    train_parser = argparse.ArgumentParser(add_help=False)
+    _load("train").add_arguments(train_parser)
+    actions = {s.lstrip("-"): a for a in train_parser._actions for s in a.option_strings}
+    flags = []
+    for key, value in load_yaml(known.config).items():
+        action = actions.get(key)
+        if action is None or value is None:
+            continue                     # unknown keys are the training command's to report
+        if action.nargs == 0:
+            flags += [action.option_strings[0]] if value else []
+        else:
+            flags += [action.option_strings[0], str(value)]
+    return flags + rest
+
+
+def _with_run_checkpoint(argv: list[str]) -> list[str]:
+    """Like the original ``--eval``: without --initial_model, use the newest checkpoint of
+    --save_path (the original loads it before evaluating)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--initial_model", default="")
+    probe.add_argument("--save_path", default="")
+    known, _ = probe.parse_known_args(argv)
+    if known.initial_model or not known.save_path:
+        return argv
+    from .train import list_checkpoints
+
+    found = list_checkpoints(known.save_path)
+    return argv + ["--initial_model", found[0][1]] if found else argv
 
 
 def _train_flags_dropped(argv: list[str]) -> list[str]:

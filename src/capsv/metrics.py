@@ -91,9 +91,9 @@ class Metrics:
                 f"MinDCF(p=0.01) {self.min_dcf_001:.5f}"]
 
     def as_dict(self) -> dict:
-        return {"EER": self.eer, "EER_threshold": self.eer_threshold,
-                "minDCF_p0.05": self.min_dcf_005, "minDCF_p0.01": self.min_dcf_001,
-                "n_trials": self.n_trials, "n_target": self.n_target}
+        return {"EER": float(self.eer), "EER_threshold": float(self.eer_threshold),
+                "minDCF_p0.05": float(self.min_dcf_005), "minDCF_p0.01": float(self.min_dcf_001),
+                "n_trials": int(self.n_trials), "n_target": int(self.n_target)}
 
 
 def compute_metrics(scores, labels) -> Metrics:

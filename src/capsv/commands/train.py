@@ -1,0 +1,104 @@
+"""``capsv train``: the paper's training recipe, with the original script's flags."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from ..losses import LOSSES
+from ..train import TrainConfig, train
+from .common import add_eval_args, add_model_args, add_runtime_args
+
+HELP = "train a speaker model (NP loss + global classifier; TAP, SAP or CAP)"
+DESCRIPTION = """\
+Train a speaker verification model the way the CAP paper does: batches of --batch_size
+speakers with --nSpeakers utterances each (one support, the rest queries), prototypical (NP)
+loss plus an optional global classifier, SGD with ReduceLROnPlateau, evaluation every
+--test_interval epochs. Every flag of the original trainSpeakerNet.py works, and
+`python trainSpeakerNet.py <flags>` runs this command.
+
+Runs resume by themselves: started again with the same --save_path, training continues from
+the newest checkpoint in save_path/model. Outputs: save_path/model/model%09d.model
+(checkpoints), save_path/result/scores.txt (log) and save_path/result/metrics.jsonl.
+
+example (the paper's CAP model):
+  capsv train --config configs/ResNetSE34L_CAP.yaml --save_path exps/cap \\
+      --train_list data/train_list.txt --train_path data/voxceleb2 \\
+      --test_list data/veri_test.txt --test_path data/voxceleb1
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    g = p.add_argument_group("objective")
+    g.add_argument("--trainfunc", choices=LOSSES.names(),
+                   help="loss: proto (the paper's NP loss; CAP trains only with it), softmax, "
+                        "amsoftmax, aamsoftmax, angleproto, softmaxproto (default: %(default)s)")
+    g.add_argument("--nSpeakers", "--nSpeaker", dest="nSpeakers", type=int,
+                   help="utterances per speaker in a batch: 1 support + nSpeakers-1 queries "
+                        "(default: %(default)s)")
+    g.add_argument("--global_clf", action="store_true",
+                   help="add the global classifier over all training speakers (the paper does)")
+    g.add_argument("--margin", type=float, help="margin of amsoftmax/aamsoftmax (default: %(default)s)")
+    g.add_argument("--scale", type=float, help="scale of amsoftmax/aamsoftmax (default: %(default)s)")
+
+    g = p.add_argument_group("training data")
+    g.add_argument("--train_list", help="lines '<speaker> <path>' (default: %(default)s)")
+    g.add_argument("--train_path", help="root the train list's paths are relative to; a listed "
+                                        ".wav missing beside an .m4a is read from the .m4a "
+                                        "(default: %(default)s)")
+    g.add_argument("--max_frames", type=int, help="frames per training crop (default: %(default)s)")
+    g.add_argument("--batch_size", type=int,
+                   help="speakers per batch; the batch holds batch_size x nSpeakers crops "
+                        "(default: %(default)s)")
+    g.add_argument("--max_seg_per_spk", type=int,
+                   help="utterances per speaker per epoch at most (default: %(default)s)")
+    g.add_argument("--seed", type=int, help="fixes initial weights, batches and crops (default: %(default)s)")
+    g.add_argument("--augment", action="store_true",
+                   help="add MUSAN noise and RIR reverberation (needs --musan_path and --rir_path)")
+    g.add_argument("--musan_path", help="MUSAN folder, for --augment")
+    g.add_argument("--rir_path", help="RIR folder (simulated_rirs), for --augment")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", choices=("sgd", "adam"),
+                   help="sgd (momentum 0.9, Nesterov) or adam (default: %(default)s)")
+    g.add_argument("--lr", type=float, help="initial learning rate (default: %(default)s)")
+    g.add_argument("--weight_decay", type=float,
+                   help="default: 1e-4 for sgd, 0 for adam (as the original)")
+    g.add_argument("--patience", type=int,
+                   help="epochs without loss improvement before the LR drops 10x; "
+                        "default: 6 for sgd, 3 for adam (as the original)")
+    g.add_argument("--lr_decay", type=float,
+                   help="accepted for compatibility; unused, as in the original script")
+    g.add_argument("--max_epoch", type=int, help="stop after this epoch (default: %(default)s)")
+    g.add_argument("--test_interval", type=int,
+                   help="evaluate every this many epochs, and at --max_epoch (default: %(default)s)")
+    g.add_argument("--per_group_bn", action="store_true",
+                   help="run the backbone on the supports and on each query group separately, "
+                        "as the original does (per-group BatchNorm statistics; exact parity, "
+                        "slower). Default: one forward over all crops")
+
+    g = p.add_argument_group("files")
+    g.add_argument("--save_path", help="run folder: model/ and result/ (default: %(default)s)")
+    g.add_argument("--initial_model",
+                   help="start from these weights (capsv or original format) unless save_path "
+                        "already holds a checkpoint")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also log to save_path/tensorboard (needs the tensorboard package)")
+    add_eval_args(p)
+    add_runtime_args(p)
+    # One source of defaults: TrainConfig (also used by the Python API). Set on the actions,
+    # not with set_defaults(), so capsv.config can still tell typed flags from defaults.
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    for action in p._actions:
+        if action.dest in defaults:
+            action.default = defaults[action.dest]
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = train(args)
+    if summary.metrics:
+        print(f"EER {summary.metrics['EER']:.4f}  MinDCF(p=0.05) "
+              f"{summary.metrics['minDCF_p0.05']:.5f}  (epoch {summary.metrics.get('epoch', summary.final_epoch)})")
+    print(f"done: epoch {summary.final_epoch}, {summary.samples_per_s:.1f} crops/s, "
+          f"checkpoint {summary.checkpoint}", flush=True)
+    return 0

@@ -1,0 +1,584 @@
+"""Training: the paper's recipe (spec §4) in one obvious loop, resumable.
+
+    summary = capsv.train.train({"train_list": ..., "train_path": ..., "save_path": ...})
+
+What one epoch does: the sampler deals batches of ``batch_size`` speakers x ``nSpeakers``
+utterances; each step runs the backbone on all crops, pools them (TAP/SAP per crop, CAP per
+(query, support) pair), computes ``--trainfunc`` (+ ``--global_clf``) and takes an optimiser
+step. After the epoch the LR scheduler sees the epoch's mean loss; every ``test_interval``
+epochs (and at ``max_epoch``) the model is evaluated on ``--test_list``.
+
+Files under ``save_path``:
+- ``model/model%09d.model``: a capsv checkpoint after every epoch (weights, config, optimiser,
+  scheduler, loss parameters, RNG states, ``meta``). The one of the previous epoch is removed
+  when a newer one is written unless its epoch is a multiple of ``test_interval``, so the
+  evaluated epochs and the newest one stay.
+- ``result/scores.txt``: human-readable log (the reference's format); ``result/metrics.jsonl``:
+  one JSON object per epoch.
+Every write is atomic (temp file + rename). A run restarts from the newest loadable
+checkpoint in ``save_path`` (a killed run loses at most the epoch in progress).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checkpoint import (is_capsv, load_state_strict, read_checkpoint, save_checkpoint,
+                         split_reference_state)
+from .data.dataset import TrainCrops, TrainList, build_augmenter, make_train_loader
+from .data.lists import read_trials
+from .data.sampler import SpeakerBatchSampler
+from .errors import CapsvError
+from .evaluate import evaluate_list, validate_inputs
+from .losses import LOSSES, Embeddings, LossOutput, Objective
+from .models import BACKBONES, SpeakerNet
+from .pooling import POOLINGS
+from .utils import atomic_write_text, resolve_device
+
+CHECKPOINT_RE = re.compile(r"^model(\d{9})\.model$")
+
+
+class TrainError(CapsvError):
+    """A training run that cannot start or continue; the message says why."""
+
+
+@dataclass
+class TrainConfig:
+    """Every training option; the CLI flags of ``capsv train`` have these names and defaults."""
+
+    # model
+    model: str = "ResNetSE34L"
+    encoder_type: str = "CAP"
+    nOut: int = 512
+    # objective
+    trainfunc: str = "proto"
+    nSpeakers: int = 3
+    global_clf: bool = False
+    margin: float = 0.1
+    scale: float = 30.0
+    # data
+    train_list: str = "./data/train_list.txt"
+    train_path: str = "./data/voxceleb2"
+    max_frames: int = 200
+    batch_size: int = 200
+    max_seg_per_spk: int = 100
+    nDataLoaderThread: int = 5
+    augment: bool = False
+    musan_path: str = ""
+    rir_path: str = ""
+    seed: int = 0
+    # optimisation
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    weight_decay: float | None = None     # None: 1e-4 for sgd, 0 for adam (the reference)
+    patience: int | None = None           # None: 6 for sgd, 3 for adam (the reference)
+    lr_decay: float = 0.95                # accepted for compatibility; unused, as in the reference
+    max_epoch: int = 500
+    test_interval: int = 5
+    per_group_bn: bool = False
+    # evaluation
+    test_list: str | None = None
+    test_path: str = "./data/voxceleb1"
+    eval_frames: int = 350
+    num_eval: int = 10
+    # files and runtime
+    save_path: str = "./data/exp1"
+    initial_model: str = ""
+    device: str = "auto"
+    no_progress: bool = False
+    tensorboard: bool = False
+
+    # keys that a CLI namespace carries but training does not use
+    IGNORED = ("config", "command", "eval")
+
+    @classmethod
+    def from_any(cls, args) -> "TrainConfig":
+        """From an ``argparse.Namespace``, a dict or a TrainConfig; unknown keys are an error."""
+        if isinstance(args, cls):
+            return dataclasses.replace(args)
+        values = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
+        if "nSpeaker" in values:                 # the seed README's spelling
+            values.setdefault("nSpeakers", values.pop("nSpeaker"))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in values if k not in known and k not in cls.IGNORED)
+        if unknown:
+            raise TrainError(f"unknown training option(s): {', '.join(unknown)}; "
+                             f"valid: {', '.join(sorted(known))}")
+        config = cls(**{k: v for k, v in values.items() if k in known})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        for value, registry, flag in ((self.model, BACKBONES, "--model"),
+                                      (self.encoder_type, POOLINGS, "--encoder_type"),
+                                      (self.trainfunc, LOSSES, "--trainfunc")):
+            if value not in registry:
+                raise TrainError(f"unknown {flag} '{value}'; choose one of: "
+                                 f"{', '.join(registry.names())}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise TrainError(f"unknown --optimizer '{self.optimizer}'; choose sgd or adam")
+        for name in ("max_frames", "batch_size", "nSpeakers", "max_epoch", "test_interval",
+                     "nOut", "max_seg_per_spk", "num_eval"):
+            if getattr(self, name) < 1:
+                raise TrainError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.nDataLoaderThread < 0:
+            raise TrainError("--nDataLoaderThread must be 0 (load in the main process) or more")
+        if not self.lr > 0:
+            raise TrainError(f"--lr must be positive, got {self.lr}")
+
+    @property
+    def default_patience(self) -> int:
+        return self.patience if self.patience is not None else (6 if self.optimizer == "sgd" else 3)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    acc: float
+    lr: float
+    steps: int
+    crops: int
+    seconds: float
+    parts: dict
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.crops / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class TrainSummary:
+    """What :func:`train` returns. ``samples_per_s`` counts training crops per second."""
+
+    save_path: str
+    first_epoch: int
+    final_epoch: int
+    epochs_run: int
+    loss: float | None
+    acc: float | None
+    lr: float
+    metrics: dict | None          # the last evaluation's (EER, minDCF, threshold), if any
+    wall_time_s: float
+    samples_per_s: float
+    checkpoint: str | None
+    resumed_from: str | None
+
+    @property
+    def eer(self) -> float | None:
+        return None if self.metrics is None else self.metrics["EER"]
+
+
+# --------------------------------------------------------------------------- one step
+def forward_batch(net: SpeakerNet, objective: Objective, waves: torch.Tensor,
+                  labels: torch.Tensor, batch_size: int, per_group_bn: bool = False) -> LossOutput:
+    """Loss of one batch. ``waves`` (M*B, samples) and ``labels`` (M*B,) are utterance-major.
+
+    ``per_group_bn=False``: one backbone call over all M*B crops (BatchNorm statistics over
+    the whole batch; fastest). ``True``: one call for the supports and one per query group,
+    as the reference does, so each group has its own BatchNorm statistics (exact parity).
+    """
+    if per_group_bn:
+        frames = torch.cat([net.frames(group) for group in waves.split(batch_size)])
+    else:
+        frames = net.frames(waves)
+    if net.pairwise:
+        e_s, e_q = net.pooling(frames[:batch_size], frames[batch_size:])
+        emb = Embeddings(batch_size, e_s=e_s, e_q=e_q)
+    else:
+        emb = Embeddings(batch_size, emb=net.pooling(frames))
+    return objective(emb, labels[:batch_size])
+
+
+def make_optimizer(cfg: TrainConfig, params):
+    params = list(params)
+    if cfg.optimizer == "sgd":
+        wd = 1e-4 if cfg.weight_decay is None else cfg.weight_decay
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=wd, nesterov=True)
+    else:
+        wd = 0.0 if cfg.weight_decay is None else cfg.weight_decay
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, patience=cfg.default_patience, threshold=1e-4)
+    return optimizer, scheduler
+
+
+def current_lr(optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+# --------------------------------------------------------------------------- RNG state
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states as tensors/ints/lists (``weights_only``-loadable)."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "state": list(mt), "gauss": gauss},
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- checkpoints
+def checkpoint_path(save_path: str, epoch: int) -> str:
+    return os.path.join(save_path, "model", "model%09d.model" % epoch)
+
+
+def list_checkpoints(save_path: str) -> list[tuple[int, str]]:
+    """(epoch, path) of every ``model%09d.model`` in ``save_path/model``, newest first."""
+    folder = os.path.join(save_path, "model")
+    if not os.path.isdir(folder):
+        return []
+    found = [(int(m.group(1)), os.path.join(folder, name))
+             for name in os.listdir(folder) if (m := CHECKPOINT_RE.match(name))]
+    return sorted(found, reverse=True)
+
+
+def latest_checkpoint(save_path: str, log=print) -> tuple[int, str, dict] | None:
+    """The newest checkpoint that loads, as (epoch, path, contents); broken ones are skipped."""
+    for epoch, path in list_checkpoints(save_path):
+        try:
+            return epoch, path, read_checkpoint(path)
+        except CapsvError as exc:
+            log(f"warning: skipping unreadable checkpoint: {exc}")
+    return None
+
+
+def _remove_stale_temp_files(folder: str) -> None:
+    """Temp files of atomic writes interrupted by a kill (``.<name>.<random>.tmp``)."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name.startswith(".") and name.endswith(".tmp"):
+            os.unlink(os.path.join(folder, name))
+
+
+def _copy_matching(module: torch.nn.Module, state: dict, source: str, log) -> None:
+    """Load the entries of ``state`` whose name and shape fit; warn about the rest."""
+    own = module.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(state) - set(fitting)) + sorted(set(own) - set(state))
+    module.load_state_dict({**own, **fitting})
+    if skipped:
+        log(f"warning: {source}: loss parameters not loaded (absent or of another shape): "
+            f"{', '.join(skipped)}")
+
+
+def load_initial_model(path: str, net: SpeakerNet, objective: Objective, log=print) -> dict:
+    """Weights from a capsv checkpoint or a reference state_dict (``global_w`` included)."""
+    ckpt = read_checkpoint(path)
+    if is_capsv(ckpt):
+        if dict(ckpt["model_config"]) != net.config:
+            raise TrainError(f"{path}: checkpoint model {ckpt['model_config']} differs from the "
+                             f"requested {net.config}; fix --model/--encoder_type/--nOut")
+        load_state_strict(net, ckpt["model"], path)
+        if ckpt.get("loss"):
+            _copy_matching(objective, ckpt["loss"], path, log)
+        return ckpt
+    model_state, training = split_reference_state(ckpt)
+    load_state_strict(net, model_state, path)
+    global_w = training.get("global_w")
+    if global_w is not None:
+        clf = objective.global_clf
+        if clf is not None and clf.weight.shape == global_w.shape:
+            with torch.no_grad():
+                clf.weight.copy_(global_w)
+            log(f"loaded the reference global classifier global_w {tuple(global_w.shape)}")
+        else:
+            wanted = "no --global_clf" if clf is None else f"shape {tuple(clf.weight.shape)}"
+            log(f"warning: {path}: global_w {tuple(global_w.shape)} ignored ({wanted} here)")
+    return ckpt
+
+
+# --------------------------------------------------------------------------- logs
+def _append_atomic(path: str, text: str) -> None:
+    old = ""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+    atomic_write_text(path, old + text)
+
+
+def _truncate_metrics(path: str, last_epoch: int) -> None:
+    """Drop metrics of epochs after the checkpoint a run resumes from (they will be redone)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        rows = [line for line in f if line.strip()]
+    kept = [line for line in rows if json.loads(line).get("epoch", 0) <= last_epoch]
+    if len(kept) != len(rows):
+        atomic_write_text(path, "".join(kept))
+
+
+class RunLog:
+    """stdout + ``result/scores.txt`` + ``result/metrics.jsonl`` (+ TensorBoard if asked)."""
+
+    def __init__(self, save_path: str, tensorboard: bool):
+        self.result_dir = os.path.join(save_path, "result")
+        os.makedirs(self.result_dir, exist_ok=True)
+        _remove_stale_temp_files(self.result_dir)
+        self.scores = os.path.join(self.result_dir, "scores.txt")
+        self.metrics = os.path.join(self.result_dir, "metrics.jsonl")
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(os.path.join(save_path, "tensorboard"))
+            except ImportError:
+                self.info("warning: --tensorboard needs the tensorboard package; not logging to it")
+
+    def info(self, message: str) -> None:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+
+    def header(self, cfg: TrainConfig, note: str) -> None:
+        lines = [f"# capsv train {time.strftime('%Y-%m-%d %H:%M:%S')} {note}"]
+        lines += [f"{k} {v}" for k, v in asdict(cfg).items()]
+        _append_atomic(self.scores, "\n".join(lines) + "\n")
+
+    def epoch(self, stats: EpochStats, metrics: dict | None) -> None:
+        line = (f"IT {stats.epoch}, LR {stats.lr:f}, TEER/T1 {stats.acc:2.2f}, "
+                f"TLOSS {stats.loss:f}")
+        row = {"epoch": stats.epoch, "loss": stats.loss, "acc": stats.acc, "lr": stats.lr,
+               "samples_per_s": stats.samples_per_s, "seconds": stats.seconds,
+               "steps": stats.steps, **stats.parts}
+        if metrics:
+            line += f", VEER {metrics['EER']:2.4f}, MinDCF {metrics['minDCF_p0.05']:.5f}"
+            row.update(metrics)
+        _append_atomic(self.scores, line + "\n")
+        _append_atomic(self.metrics, json.dumps(row) + "\n")
+        self.info(line)
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, stats.epoch)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --------------------------------------------------------------------------- the loop
+def _clean_worker_error(exc: CapsvError) -> CapsvError:
+    """DataLoader workers re-raise with the worker's traceback in the message; keep its last line."""
+    text = str(exc)
+    if "Traceback" not in text:
+        return exc
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return type(exc)(re.sub(r"^[\w.]+Error: ", "", last))
+
+
+def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: int,
+                    device: torch.device, progress: bool) -> EpochStats:
+    net.train()
+    objective.train()
+    lr = current_lr(optimizer)
+    loss_sum = torch.zeros((), device=device)
+    part_sums: dict[str, torch.Tensor] = {}
+    acc_sum = torch.zeros((), device=device)
+    steps, crops = 0, 0
+    started = last_shown = time.time()
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for waves, labels in loader:
+            waves = waves.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            out = forward_batch(net, objective, waves, labels, cfg.batch_size, cfg.per_group_bn)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+
+            loss_sum += out.loss.detach()
+            for name, value in out.parts.items():
+                part_sums[name] = part_sums.get(name, 0.0) + value.detach()
+            acc_sum += out.top1
+            steps += 1
+            crops += waves.shape[0]
+            bar.update(1)
+            if time.time() - last_shown > 1.0 or steps == len(loader):
+                last_shown = time.time()
+                mean_loss = loss_sum.item() / steps
+                if not math.isfinite(mean_loss):
+                    raise TrainError(f"epoch {epoch} step {steps}: the loss is {mean_loss}; "
+                                     "training diverged, lower --lr")
+                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{acc_sum.item() / steps:.2f}%",
+                                crops_per_s=f"{crops / (last_shown - started):.1f}")
+    except CapsvError as exc:
+        raise _clean_worker_error(exc) from None
+    finally:
+        bar.close()
+    if steps == 0:
+        raise TrainError(f"epoch {epoch} produced no batch; see the sampler line above")
+    loss = loss_sum.item() / steps
+    if not math.isfinite(loss):
+        raise TrainError(f"epoch {epoch}: the loss is {loss}; training diverged, lower --lr")
+    parts = {k: float(v) / steps for k, v in part_sums.items()}
+    return EpochStats(epoch, loss, acc_sum.item() / steps, lr, steps, crops, time.time() - started,
+                      parts)
+
+
+def _prepare_evaluation(cfg: TrainConfig, log: RunLog) -> bool:
+    """Check the trial list and its audio now, so a bad test set fails before training."""
+    if not cfg.test_list:
+        log.info("no --test_list: training without evaluation")
+        return False
+    validate_inputs(read_trials(cfg.test_list), cfg.test_path, cfg.test_list)
+    return True
+
+
+def _resume(cfg, net, objective, optimizer, scheduler, log: RunLog):
+    """(first epoch to run, checkpoint path, its meta, whether capsv wrote it) from
+    save_path's newest loadable checkpoint, else from --initial_model."""
+    found = latest_checkpoint(cfg.save_path, log=log.info)
+    if found is None:
+        if cfg.initial_model:
+            load_initial_model(cfg.initial_model, net, objective, log.info)
+            log.info(f"initial weights from {cfg.initial_model}")
+        return 1, None, {}, False
+    epoch, path, ckpt = found
+    if cfg.initial_model:
+        log.info(f"--initial_model {cfg.initial_model} ignored: continuing the run in {cfg.save_path}")
+    if not is_capsv(ckpt):      # a run of the reference code: weights only
+        load_initial_model(path, net, objective, log.info)
+        log.info(f"resuming a reference-format run from {path}: optimiser state starts fresh")
+        return epoch + 1, path, {}, False
+    if dict(ckpt["model_config"]) != net.config:
+        raise TrainError(f"{cfg.save_path} holds a run of {ckpt['model_config']}, not "
+                         f"{net.config}; use another --save_path")
+    load_state_strict(net, ckpt["model"], path)
+    objective.load_state_dict(ckpt["loss"])
+    if "optimizer" in ckpt:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if "rng" in ckpt:
+        set_rng_state(ckpt["rng"])
+    log.info(f"resumed from {path} (epoch {epoch}, LR {current_lr(optimizer):g})")
+    return epoch + 1, path, dict(ckpt.get("meta", {})), True
+
+
+def train(args) -> TrainSummary:
+    """Train (or continue training) as configured by ``args``: a Namespace, dict or TrainConfig."""
+    wall_start = time.time()
+    cfg = TrainConfig.from_any(args)
+    progress = not cfg.no_progress
+    device = resolve_device(cfg.device)
+    os.makedirs(os.path.join(cfg.save_path, "model"), exist_ok=True)
+    _remove_stale_temp_files(os.path.join(cfg.save_path, "model"))
+    log = RunLog(cfg.save_path, cfg.tensorboard)
+
+    # Data first: every bad input is reported before the model is built.
+    train_list = TrainList.read(cfg.train_list, cfg.train_path)
+    sampler = SpeakerBatchSampler(train_list.labels, cfg.batch_size, cfg.nSpeakers,
+                                  cfg.max_seg_per_spk, seed=cfg.seed)
+    augment = build_augmenter(cfg.musan_path, cfg.rir_path) if cfg.augment else None
+    dataset = TrainCrops(train_list.paths, train_list.labels, cfg.max_frames, cfg.seed, augment)
+    loader = make_train_loader(dataset, sampler, cfg.nDataLoaderThread,
+                               pin_memory=device.type == "cuda")
+    evaluating = _prepare_evaluation(cfg, log)
+
+    seed_everything(cfg.seed)
+    net = SpeakerNet(cfg.model, cfg.encoder_type, cfg.nOut).to(device)
+    objective = Objective(cfg.trainfunc, cfg.nOut, train_list.n_speakers, cfg.global_clf,
+                          cfg.margin, cfg.scale).to(device)
+    objective.check(net.pairwise, cfg.nSpeakers, cfg.encoder_type)
+    optimizer, scheduler = make_optimizer(cfg, list(net.parameters()) + list(objective.parameters()))
+    first_epoch, resumed_from, meta, owned = _resume(cfg, net, objective, optimizer, scheduler, log)
+
+    log.header(cfg, f"(resumed from {resumed_from})" if resumed_from else "(new run)")
+    _truncate_metrics(log.metrics, first_epoch - 1)
+    train_sha = train_list.sha256()
+    if meta.get("train_list_sha256") not in (None, train_sha):
+        log.info("warning: the train list changed since the checkpoint was written")
+    log.info(f"{len(train_list.paths)} utterances of {train_list.n_speakers} speakers from "
+             f"{cfg.train_list}" + (f" ({train_list.substituted_m4a} .wav read as .m4a)"
+                                    if train_list.substituted_m4a else ""))
+    log.info(sampler.describe(first_epoch))
+    crops = cfg.nSpeakers * cfg.batch_size
+    log.info(f"{cfg.model} + {cfg.encoder_type}, --trainfunc {cfg.trainfunc}"
+             f"{' + global classifier' if cfg.global_clf else ''}, {cfg.optimizer} on {device}; "
+             + (f"backbone per group (supports, then each of {cfg.nSpeakers - 1} query groups of "
+                f"{cfg.batch_size}): reference BatchNorm statistics" if cfg.per_group_bn else
+                f"backbone: one forward over all {crops} crops (joint BatchNorm statistics)"))
+
+    last_stats, metrics, ckpt_path = None, None, resumed_from
+    previous_path = resumed_from if owned else None    # never delete files capsv did not write
+    train_seconds, train_crops = 0.0, 0
+    if first_epoch > cfg.max_epoch:
+        log.info(f"already at epoch {first_epoch - 1} >= --max_epoch {cfg.max_epoch}; nothing to do")
+    for epoch in range(first_epoch, cfg.max_epoch + 1):
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        last_stats = train_one_epoch(net, objective, optimizer, loader, cfg, epoch, device, progress)
+        train_seconds += last_stats.seconds
+        train_crops += last_stats.crops
+        scheduler.step(last_stats.loss)
+
+        metrics = None
+        if evaluating and (epoch % cfg.test_interval == 0 or epoch == cfg.max_epoch):
+            log.info(f"epoch {epoch}: evaluating on {cfg.test_list}")
+            result = evaluate_list(net, cfg.test_list, cfg.test_path, cfg.eval_frames, cfg.num_eval,
+                                   device=device, workers=cfg.nDataLoaderThread, progress=progress)
+            # numpy scalars would make the checkpoint fail weights_only loading
+            metrics = {k: getattr(v, "item", lambda: v)() for k, v in result.metrics.as_dict().items()}
+            meta.update(eer_threshold=metrics["EER_threshold"], eer=metrics["EER"],
+                        min_dcf=metrics["minDCF_p0.05"], eval_epoch=epoch)
+
+        meta.update(epoch=epoch, train_list_sha256=train_sha, n_train_speakers=train_list.n_speakers)
+        ckpt_path = checkpoint_path(cfg.save_path, epoch)
+        save_checkpoint(ckpt_path, net, meta, optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), loss=objective.state_dict(),
+                        rng=rng_state(), train_config=asdict(cfg))
+        if previous_path and previous_path != ckpt_path and os.path.exists(previous_path):
+            previous_epoch = int(CHECKPOINT_RE.match(os.path.basename(previous_path)).group(1))
+            if previous_epoch % cfg.test_interval != 0:
+                os.unlink(previous_path)
+        previous_path = ckpt_path
+        log.epoch(last_stats, metrics)
+    log.close()
+
+    if metrics is None and meta.get("eer") is not None:
+        metrics = {"EER": meta["eer"], "EER_threshold": meta["eer_threshold"],
+                   "minDCF_p0.05": meta["min_dcf"], "epoch": meta.get("eval_epoch")}
+    return TrainSummary(
+        save_path=cfg.save_path, first_epoch=first_epoch,
+        final_epoch=max(first_epoch - 1, last_stats.epoch if last_stats else 0),
+        epochs_run=max(0, cfg.max_epoch - first_epoch + 1),
+        loss=last_stats.loss if last_stats else None, acc=last_stats.acc if last_stats else None,
+        lr=current_lr(optimizer), metrics=metrics, wall_time_s=time.time() - wall_start,
+        samples_per_s=train_crops / train_seconds if train_seconds > 0 else 0.0,
+        checkpoint=ckpt_path, resumed_from=resumed_from)
+
+
+__all__ = ["TrainConfig", "TrainSummary", "TrainError", "train", "forward_batch",
+           "load_initial_model", "latest_checkpoint", "list_checkpoints"]

@@ -1,0 +1,101 @@
+"""AAC (.m4a) input through PyAV, and seek-based training crops from WAV/FLAC."""
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from capsv.audio import (AudioError, audio_info, crop_samples, load_audio, load_m4a,
+                         load_random_crop, pad_each_side)
+
+
+def write_m4a(path, samples: np.ndarray, rate: int) -> None:
+    """Encode float samples in [-1, 1] as mono AAC in an MP4 (.m4a) container."""
+    with av.open(str(path), "w", format="ipod") as out:
+        stream = out.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(samples[None, :].astype(np.float32), format="flt",
+                                           layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def _tone(seconds: float, rate: int = 16000) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return 0.25 * np.sin(2 * np.pi * 440.0 * t)
+
+
+def test_m4a_decodes_to_int16_scale_mono(tmp_path):
+    path = tmp_path / "a.m4a"
+    tone = _tone(2.0)
+    write_m4a(path, tone, 16000)
+    audio = load_m4a(str(path))
+    assert audio.dtype == np.float32
+    # AAC adds at most a couple of 1024-sample frames of priming/padding.
+    assert len(tone) <= len(audio) <= len(tone) + 2048
+    assert 0.2 * 32768 < np.abs(audio).max() < 0.3 * 32768          # int16 scale, not [-1, 1]
+    # The tone survives: strongest FFT bin at 440 Hz.
+    spectrum = np.abs(np.fft.rfft(audio[4000:12000]))
+    assert abs(np.argmax(spectrum) * 16000 / 8000 - 440) <= 4
+    info = audio_info(str(path))
+    assert info.samplerate == 16000 and abs(info.frames - len(tone)) <= 2048
+    assert len(load_audio(str(path), start=100, frames=500)) == 500
+
+
+def test_m4a_random_crop_and_short_file_padding(tmp_path):
+    long_path, short_path = tmp_path / "long.m4a", tmp_path / "short.m4a"
+    write_m4a(long_path, _tone(1.5), 16000)
+    write_m4a(short_path, _tone(0.3), 16000)
+    rng = np.random.default_rng(0)
+    assert load_random_crop(str(long_path), 50, rng).shape == (crop_samples(50),)
+    crop = load_random_crop(str(short_path), 100, rng)
+    n = len(load_m4a(str(short_path)))
+    pad = pad_each_side(n, crop_samples(100))
+    assert crop.shape == (crop_samples(100),)
+    assert not crop[:pad].any() and crop[pad:pad + n].any()
+
+
+def test_m4a_at_another_rate_is_refused_not_resampled(tmp_path):
+    path = tmp_path / "cd.m4a"
+    write_m4a(path, _tone(0.5, 44100), 44100)
+    with pytest.raises(AudioError, match="cd.m4a: sample rate is 44100 Hz, expected 16000 Hz"):
+        load_m4a(str(path))
+    with pytest.raises(AudioError, match="44100 Hz"):
+        load_random_crop(str(path), 20, np.random.default_rng(0))
+
+
+def test_damaged_m4a_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.m4a"
+    path.write_bytes(b"\x00\x00\x00\x18ftypM4A " + b"garbage" * 50)
+    with pytest.raises(AudioError, match="bad.m4a"):
+        load_m4a(str(path))
+
+
+@pytest.mark.parametrize("subtype, ext", [("PCM_16", "wav"), ("PCM_16", "flac")])
+def test_training_crop_reads_the_right_samples(tmp_path, subtype, ext):
+    """The seek-based crop equals the same slice of the whole file, for WAV and FLAC."""
+    rng = np.random.default_rng(1)
+    samples = rng.integers(-20000, 20000, size=40000).astype(np.int16)
+    path = tmp_path / f"x.{ext}"
+    sf.write(path, samples, 16000, subtype=subtype)
+    frames = 100
+    draw = np.random.default_rng(7)
+    start = int(np.random.default_rng(7).random() * (len(samples) - crop_samples(frames)))
+    crop = load_random_crop(str(path), frames, draw)
+    np.testing.assert_array_equal(crop, samples[start:start + crop_samples(frames)].astype(np.float32))
+
+
+def test_training_crop_of_a_short_file_follows_the_padding_rule(tmp_path):
+    samples = np.arange(1, 5001, dtype=np.int16)
+    path = tmp_path / "short.wav"
+    sf.write(path, samples, 16000, subtype="PCM_16")
+    crop = load_random_crop(str(path), 100, np.random.default_rng(0))
+    pad = pad_each_side(5000, crop_samples(100))          # floor((16240 - 5000 + 1) / 2)
+    assert pad == 5620
+    assert crop.shape == (16240,)
+    assert not crop[:pad].any()
+    np.testing.assert_array_equal(crop[pad:pad + 5000], samples.astype(np.float32))
