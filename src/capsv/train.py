@@ -477,10 +477,17 @@ def _resume(cfg, net, objective, optimizer, scheduler, log: RunLog):
         raise TrainError(f"{cfg.save_path} holds a run of {ckpt['model_config']}, not "
                          f"{net.config}; use another --save_path")
     load_state_strict(net, ckpt["model"], path)
-    objective.load_state_dict(ckpt["loss"])
-    if "optimizer" in ckpt:
+    try:
+        objective.load_state_dict(ckpt["loss"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        was = {k: ckpt.get("train_config", {}).get(k) for k in ("trainfunc", "global_clf", "optimizer")}
+        raise TrainError(
+            f"{path}: cannot continue this run with --trainfunc {cfg.trainfunc} --global_clf "
+            f"{cfg.global_clf} --optimizer {cfg.optimizer} and this train list (the run used "
+            f"{was}; {str(exc).splitlines()[0]}); restore those flags or use another "
+            "--save_path") from None
     if "rng" in ckpt:
         set_rng_state(ckpt["rng"])
     log.info(f"resumed from {path} (epoch {epoch}, LR {current_lr(optimizer):g})")
