@@ -337,3 +337,28 @@ def test_a_run_of_the_original_code_is_continued(reference_dir, small_corpus, tm
     assert "resuming a reference-format run" in out and "global_w (5994, 512) ignored" in out
     assert summary.first_epoch == 6 and summary.final_epoch == 6
     assert (folder / "model000000005.model").exists()          # never deleted: not written by capsv
+
+
+def test_continuing_a_run_with_another_objective_is_a_clear_error(small_corpus, tmp_path, one_thread):
+    train(_args(small_corpus, tmp_path))
+    with pytest.raises(TrainError, match=r"cannot continue this run with --trainfunc proto "
+                                         r"--global_clf True.*another --save_path"):
+        train(_args(small_corpus, tmp_path, global_clf=True, max_epoch=2))
+
+
+def test_augment_trains_with_the_real_augmenter(small_corpus, tmp_path, one_thread):
+    """--augment through worker processes with capsv.data.augment (written on another branch;
+    this runs once it is in the tree)."""
+    pytest.importorskip("capsv.data.augment", reason="capsv.data.augment is not in this tree")
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    for kind in ("noise", "speech", "music"):
+        (tmp_path / "musan" / kind).mkdir(parents=True)
+        sf.write(tmp_path / "musan" / kind / "a.wav", rng.normal(0, 2000, 32000).astype(np.int16), 16000)
+    (tmp_path / "rirs").mkdir()
+    decay = np.exp(-np.arange(2000) / 300.0)
+    sf.write(tmp_path / "rirs" / "r.wav", (rng.normal(0, 1, 2000) * decay * 10000).astype(np.int16), 16000)
+    summary = train(_args(small_corpus, tmp_path, augment=True, musan_path=str(tmp_path / "musan"),
+                          rir_path=str(tmp_path / "rirs"), nDataLoaderThread=1))
+    assert summary.final_epoch == 1 and np.isfinite(summary.loss)

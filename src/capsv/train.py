@@ -477,14 +477,61 @@ def _resume(cfg, net, objective, optimizer, scheduler, log: RunLog):
         raise TrainError(f"{cfg.save_path} holds a run of {ckpt['model_config']}, not "
                          f"{net.config}; use another --save_path")
     load_state_strict(net, ckpt["model"], path)
-    objective.load_state_dict(ckpt["loss"])
-    if "optimizer" in ckpt:
+    try:
+        objective.load_state_dict(ckpt["loss"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        was = {k: ckpt.get("train_config", {}).get(k) for k in ("trainfunc", "global_clf", "optimizer")}
+        raise TrainError(
+            f"{path}: cannot continue this run with --trainfunc {cfg.trainfunc} --global_clf "
+            f"{cfg.global_clf} --optimizer {cfg.optimizer} and this train list (the run used "
+            f"{was}; {str(exc).splitlines()[0]}); restore those flags or use another "
+            "--save_path") from None
     if "rng" in ckpt:
         set_rng_state(ckpt["rng"])
     log.info(f"resumed from {path} (epoch {epoch}, LR {current_lr(optimizer):g})")
     return epoch + 1, path, dict(ckpt.get("meta", {})), True
+
+
+def _describe_run(log: RunLog, cfg: TrainConfig, train_list: TrainList, sampler, device,
+                  first_epoch: int) -> None:
+    substituted = (f" ({train_list.substituted_m4a} .wav read as .m4a)"
+                   if train_list.substituted_m4a else "")
+    log.info(f"{len(train_list.paths)} utterances of {train_list.n_speakers} speakers from "
+             f"{cfg.train_list}{substituted}")
+    log.info(sampler.describe(first_epoch))
+    if cfg.per_group_bn:
+        mode = (f"backbone per group (the supports, then each of {cfg.nSpeakers - 1} query groups "
+                f"of {cfg.batch_size}): the reference's BatchNorm statistics")
+    else:
+        mode = (f"backbone: one forward over all {cfg.nSpeakers * cfg.batch_size} crops "
+                "(joint BatchNorm statistics)")
+    log.info(f"{cfg.model} + {cfg.encoder_type}, --trainfunc {cfg.trainfunc}"
+             f"{' + global classifier' if cfg.global_clf else ''}, {cfg.optimizer} on {device}; "
+             f"{mode}")
+
+
+def _evaluate(cfg: TrainConfig, net: SpeakerNet, device, progress: bool, log: RunLog) -> dict:
+    log.info(f"evaluating on {cfg.test_list}")
+    result = evaluate_list(net, cfg.test_list, cfg.test_path, cfg.eval_frames, cfg.num_eval,
+                           device=device, workers=cfg.nDataLoaderThread, progress=progress)
+    # Plain Python numbers: numpy scalars would break weights_only loading of the checkpoint.
+    return {k: getattr(v, "item", lambda v=v: v)() for k, v in result.metrics.as_dict().items()}
+
+
+def _save_epoch(cfg: TrainConfig, epoch: int, net, objective, optimizer, scheduler, meta: dict,
+                previous: str | None) -> str:
+    """Write this epoch's checkpoint; remove ``previous`` unless its epoch was evaluated."""
+    path = checkpoint_path(cfg.save_path, epoch)
+    save_checkpoint(path, net, meta, optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), loss=objective.state_dict(),
+                    rng=rng_state(), train_config=asdict(cfg))
+    if previous and previous != path and os.path.exists(previous):
+        previous_epoch = int(CHECKPOINT_RE.match(os.path.basename(previous)).group(1))
+        if previous_epoch % cfg.test_interval != 0:
+            os.unlink(previous)
+    return path
 
 
 def train(args) -> TrainSummary:
@@ -520,64 +567,44 @@ def train(args) -> TrainSummary:
     train_sha = train_list.sha256()
     if meta.get("train_list_sha256") not in (None, train_sha):
         log.info("warning: the train list changed since the checkpoint was written")
-    log.info(f"{len(train_list.paths)} utterances of {train_list.n_speakers} speakers from "
-             f"{cfg.train_list}" + (f" ({train_list.substituted_m4a} .wav read as .m4a)"
-                                    if train_list.substituted_m4a else ""))
-    log.info(sampler.describe(first_epoch))
-    crops = cfg.nSpeakers * cfg.batch_size
-    log.info(f"{cfg.model} + {cfg.encoder_type}, --trainfunc {cfg.trainfunc}"
-             f"{' + global classifier' if cfg.global_clf else ''}, {cfg.optimizer} on {device}; "
-             + (f"backbone per group (supports, then each of {cfg.nSpeakers - 1} query groups of "
-                f"{cfg.batch_size}): reference BatchNorm statistics" if cfg.per_group_bn else
-                f"backbone: one forward over all {crops} crops (joint BatchNorm statistics)"))
-
-    last_stats, metrics, ckpt_path = None, None, resumed_from
-    previous_path = resumed_from if owned else None    # never delete files capsv did not write
-    train_seconds, train_crops = 0.0, 0
+    _describe_run(log, cfg, train_list, sampler, device, first_epoch)
     if first_epoch > cfg.max_epoch:
         log.info(f"already at epoch {first_epoch - 1} >= --max_epoch {cfg.max_epoch}; nothing to do")
-    for epoch in range(first_epoch, cfg.max_epoch + 1):
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        last_stats = train_one_epoch(net, objective, optimizer, loader, cfg, epoch, device, progress)
-        train_seconds += last_stats.seconds
-        train_crops += last_stats.crops
-        scheduler.step(last_stats.loss)
 
-        metrics = None
-        if evaluating and (epoch % cfg.test_interval == 0 or epoch == cfg.max_epoch):
-            log.info(f"epoch {epoch}: evaluating on {cfg.test_list}")
-            result = evaluate_list(net, cfg.test_list, cfg.test_path, cfg.eval_frames, cfg.num_eval,
-                                   device=device, workers=cfg.nDataLoaderThread, progress=progress)
-            # numpy scalars would make the checkpoint fail weights_only loading
-            metrics = {k: getattr(v, "item", lambda: v)() for k, v in result.metrics.as_dict().items()}
-            meta.update(eer_threshold=metrics["EER_threshold"], eer=metrics["EER"],
-                        min_dcf=metrics["minDCF_p0.05"], eval_epoch=epoch)
+    stats, metrics, ckpt = None, None, resumed_from
+    previous = resumed_from if owned else None      # never delete files capsv did not write
+    seconds, crops = 0.0, 0
+    try:
+        for epoch in range(first_epoch, cfg.max_epoch + 1):
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            stats = train_one_epoch(net, objective, optimizer, loader, cfg, epoch, device, progress)
+            seconds, crops = seconds + stats.seconds, crops + stats.crops
+            scheduler.step(stats.loss)
+            metrics = None
+            if evaluating and (epoch % cfg.test_interval == 0 or epoch == cfg.max_epoch):
+                metrics = _evaluate(cfg, net, device, progress, log)
+                meta.update(eer_threshold=metrics["EER_threshold"], eer=metrics["EER"],
+                            min_dcf=metrics["minDCF_p0.05"], eval_epoch=epoch)
+            meta.update(epoch=epoch, train_list_sha256=train_sha,
+                        n_train_speakers=train_list.n_speakers)
+            ckpt = previous = _save_epoch(cfg, epoch, net, objective, optimizer, scheduler, meta,
+                                          previous)
+            log.epoch(stats, metrics)
+    finally:
+        log.close()
 
-        meta.update(epoch=epoch, train_list_sha256=train_sha, n_train_speakers=train_list.n_speakers)
-        ckpt_path = checkpoint_path(cfg.save_path, epoch)
-        save_checkpoint(ckpt_path, net, meta, optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), loss=objective.state_dict(),
-                        rng=rng_state(), train_config=asdict(cfg))
-        if previous_path and previous_path != ckpt_path and os.path.exists(previous_path):
-            previous_epoch = int(CHECKPOINT_RE.match(os.path.basename(previous_path)).group(1))
-            if previous_epoch % cfg.test_interval != 0:
-                os.unlink(previous_path)
-        previous_path = ckpt_path
-        log.epoch(last_stats, metrics)
-    log.close()
-
-    if metrics is None and meta.get("eer") is not None:
+    if metrics is None and meta.get("eer") is not None:     # the last evaluation was earlier
         metrics = {"EER": meta["eer"], "EER_threshold": meta["eer_threshold"],
                    "minDCF_p0.05": meta["min_dcf"], "epoch": meta.get("eval_epoch")}
     return TrainSummary(
         save_path=cfg.save_path, first_epoch=first_epoch,
-        final_epoch=max(first_epoch - 1, last_stats.epoch if last_stats else 0),
+        final_epoch=stats.epoch if stats else first_epoch - 1,
         epochs_run=max(0, cfg.max_epoch - first_epoch + 1),
-        loss=last_stats.loss if last_stats else None, acc=last_stats.acc if last_stats else None,
+        loss=stats.loss if stats else None, acc=stats.acc if stats else None,
         lr=current_lr(optimizer), metrics=metrics, wall_time_s=time.time() - wall_start,
-        samples_per_s=train_crops / train_seconds if train_seconds > 0 else 0.0,
-        checkpoint=ckpt_path, resumed_from=resumed_from)
+        samples_per_s=crops / seconds if seconds > 0 else 0.0,
+        checkpoint=ckpt, resumed_from=resumed_from)
 
 
 __all__ = ["TrainConfig", "TrainSummary", "TrainError", "train", "forward_batch",
