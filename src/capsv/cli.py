@@ -12,6 +12,7 @@ from .errors import CapsvError
 # subcommand -> module in capsv.commands (imported lazily so `capsv --help` stays fast)
 COMMANDS = {
     "eval": "eval",
+    "synth": "synth",
 }
 
 
