@@ -56,10 +56,10 @@ def draw_channel(rng: np.random.Generator) -> Channel:
     return Channel(
         highpass_hz=float(rng.uniform(250, 400) if telephone else np.exp(rng.uniform(np.log(40), np.log(300)))),
         lowpass_hz=float(rng.uniform(3200, 3800) if telephone else rng.uniform(4500, 8000)),
-        tilt_db=float(rng.normal(0.0, 2.0)),
-        ripple=np.column_stack([rng.uniform(0.0, 4.0, 3), rng.uniform(0, 2 * np.pi, 3)]),
+        tilt_db=float(rng.normal(0.0, 1.5)),
+        ripple=np.column_stack([rng.uniform(0.0, 3.0, 3), rng.uniform(0, 2 * np.pi, 3)]),
         rir=_room(rng),
-        snr_db=float(rng.uniform(5.0, 30.0)),
+        snr_db=float(rng.uniform(8.0, 30.0)),
         noise_slope=float(rng.uniform(0.0, 2.0)),
         hum_hz=float(rng.choice([50.0, 60.0])) if rng.random() < 0.2 else 0.0,
         hum_db=float(rng.uniform(-45.0, -25.0)),

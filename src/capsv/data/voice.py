@@ -92,8 +92,8 @@ class SpeakerTraits:
     def vector(self) -> np.ndarray:
         """Standardised trait coordinates, used to find look-alike speakers (hard trials)."""
         return np.array([
-            2.0 * self.female, np.log(self.vtl_scale) / 0.06, np.log(self.f0_hz) / 0.15,
-            self.tilt_db / 2.5, (self.open_quotient - 0.6) / 0.09,
+            2.0 * self.female, np.log(self.vtl_scale) / 0.08, np.log(self.f0_hz) / 0.15,
+            self.tilt_db / 3.5, (self.open_quotient - 0.6) / 0.09,
             np.log(self.breathiness) / 0.5, np.log(self.rate) / 0.12,
         ])
 
@@ -102,7 +102,7 @@ def draw_speaker(rng: np.random.Generator) -> SpeakerTraits:
     """Population model: two sexes with overlapping distributions of every trait."""
     female = bool(rng.random() < 0.5)
     lognorm = lambda median, sd: float(median * np.exp(sd * rng.standard_normal()))  # noqa: E731
-    vtl = lognorm(1.16 if female else 1.0, 0.06)
+    vtl = lognorm(1.16 if female else 1.0, 0.08)
     return SpeakerTraits(
         female=female,
         vtl_scale=vtl,
@@ -110,7 +110,7 @@ def draw_speaker(rng: np.random.Generator) -> SpeakerTraits:
         f0_range_st=float(rng.uniform(1.5, 4.5)),
         open_quotient=float(np.clip(rng.normal(0.65 if female else 0.55, 0.08), 0.35, 0.85)),
         skew=float(rng.uniform(0.55, 0.8)),
-        tilt_db=float(rng.normal(0.0, 2.5)),
+        tilt_db=float(rng.normal(0.0, 3.5)),
         breathiness=lognorm(0.10 if female else 0.06, 0.5),
         rate=lognorm(1.0, 0.12),
         jitter=float(rng.uniform(0.003, 0.02)),
@@ -135,7 +135,7 @@ class SpeakingState:
 def draw_speaking_state(rng: np.random.Generator) -> SpeakingState:
     return SpeakingState(
         f0_shift_st=float(rng.normal(0.0, 1.0)),
-        tilt_shift_db=float(rng.normal(0.0, 1.5)),
+        tilt_shift_db=float(rng.normal(0.0, 1.0)),
         rate_scale=float(np.exp(rng.normal(0.0, 0.06))),
         breath_scale=float(np.exp(rng.normal(0.0, 0.25))),
     )
@@ -403,7 +403,7 @@ def render(tracks: Tracks, traits: SpeakerTraits, state: SpeakingState, base_f0:
     active = np.flatnonzero(_smooth(tracks.frication, 7) > 0)
     if len(active):
         fric = _stft(fric_in, window, active)
-        spec[active] += fric * (3.0 * _band_gain(tracks.fric_centre[active], tracks.fric_width[active]))
+        spec[active] += fric * (1.2 * _band_gain(tracks.fric_centre[active], tracks.fric_width[active]))
     out = _istft(spec, window, n_samples)
     return out / _active_rms(out)
 
