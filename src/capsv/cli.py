@@ -18,6 +18,7 @@ COMMANDS = {
     "embed": "embed",
     "score": "score",
     "export": "export",
+    "synth": "synth",
 }
 
 

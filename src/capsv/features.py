@@ -53,7 +53,8 @@ class LogMelFrontEnd(nn.Module):
         return 1 + n_samples // self.hop_length
 
     @torch.no_grad()
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """``log(mel + 1e-6)`` before instance normalisation: (B, n_mels, frames)."""
         if wave.dim() == 1:
             wave = wave.unsqueeze(0)
         spec = torch.stft(wave.float(), n_fft=self.n_fft, hop_length=self.hop_length,
@@ -62,5 +63,8 @@ class LogMelFrontEnd(nn.Module):
                           return_complex=True)
         power = spec.abs().pow(2.0)                                  # (B, freqs, frames)
         mel = torch.matmul(power.transpose(-1, -2), self.mel_fb).transpose(-1, -2)
-        logmel = torch.log(mel + self.floor)
-        return F.instance_norm(logmel, eps=self.norm_eps)
+        return torch.log(mel + self.floor)
+
+    @torch.no_grad()
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(self.log_mel(wave), eps=self.norm_eps)

@@ -5,12 +5,16 @@ import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported lazily: the numpy-only tools (capsv synth) start fast
+    import torch
 
 
 def resolve_device(name: str | None = None) -> torch.device:
     """``None``/"auto" -> CUDA when available, else CPU; otherwise the named device."""
+    import torch
+
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -45,6 +49,8 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def atomic_torch_save(obj, path: str) -> None:
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
