@@ -19,6 +19,7 @@ COMMANDS = {
     "score": "score",
     "export": "export",
     "synth": "synth",
+    "demo": "demo",
 }
 
 
