@@ -21,3 +21,12 @@ def reference_dir() -> Path:
     if not REFERENCE.is_dir():
         pytest.fail(f"reference fixtures not found at {REFERENCE}; the repo must sit beside shared/ (or set CAPSV_REFERENCE)")
     return REFERENCE
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small batches run far faster on one thread when the cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,13 +20,7 @@ A, B = "id10003/vidC/00003.wav", "id10002/vidB/00002.wav"
 SHORT = "id10001/vidA/00001.wav"          # 1.5 s: padded into 10 identical crops
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches run far faster on one thread when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_scores(reference_dir, encoder: str) -> dict[tuple[str, str], float]:

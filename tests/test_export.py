@@ -15,12 +15,7 @@ from capsv.features import LogMelFrontEnd
 A, B = "id10003/vidC/00003.wav", "id10002/vidB/00002.wav"     # the debug tensors' trial
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

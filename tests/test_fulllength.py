@@ -13,12 +13,7 @@ from capsv.pooling import CAP, SAP, TAP, cap_attention, cap_attention_masked, pa
 A, B = "id10003/vidC/00003.wav", "id10002/vidB/00002.wav"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cap_with_statistics(seed: int = 0) -> CAP:

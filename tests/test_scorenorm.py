@@ -11,12 +11,7 @@ from capsv.metrics import compute_eer
 from capsv.scorenorm import ScoreNormError, adaptive_snorm, asnorm_scores, cohort_stats
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def top_stats(row, top_n: int) -> tuple[float, float]:
