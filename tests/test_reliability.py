@@ -54,23 +54,48 @@ def config(data: Path, save_path: Path, **over) -> dict:
     return cfg
 
 
-def run_in_child(cfg: dict, fault: str, log: Path) -> int:
-    """Fork, run ``train(cfg)`` with CAPSV_FAULT=fault; return the child's wait status."""
+def fork_child(target, log: Path, fault: str = "", setup=None) -> int:
+    """Fork a real process that runs ``target()`` (its return value is the exit code) with
+    CAPSV_FAULT=fault, stdout to ``log`` and stderr to ``log.err``; return its pid.
+    Forking skips a fresh interpreter's seconds of imports."""
     pid = os.fork()
     if pid == 0:                                     # child: never returns into pytest
         code = 1
         try:
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
+            for fd, name in ((1, log), (2, Path(str(log) + ".err"))):
+                os.dup2(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            # pytest's capture replaced the sys streams; write to the real descriptors
+            sys.stdout = open(1, "w", buffering=1, closefd=False)
+            sys.stderr = open(2, "w", buffering=1, closefd=False)
             torch.set_num_threads(1)
             os.environ["CAPSV_FAULT"] = fault
-            train(cfg)
-            code = 0
+            if setup is not None:
+                setup()
+            code = int(target() or 0)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
         finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return status
+    return pid
+
+
+def run_in_child(cfg: dict, fault: str, log: Path) -> int:
+    """``train(cfg)`` in a forked child with CAPSV_FAULT=fault; the child's wait status."""
+    return os.waitpid(fork_child(lambda: train(cfg) and 0, log, fault), 0)[1]
+
+
+def cli_argv(cfg: dict) -> list[str]:
+    """``capsv train`` flags for a config dict."""
+    argv = ["train"]
+    for key, value in cfg.items():
+        if isinstance(value, bool):
+            argv += [f"--{key}"] if value else []
+        elif value is not None:
+            argv += [f"--{key}", str(value)]
+    return argv
 
 
 def assert_all_checkpoints_load(save_path: Path) -> list[int]:
@@ -131,39 +156,34 @@ def test_sigkill_then_restart_continues_exactly(data, tmp_path, uninterrupted, f
 
 
 # ------------------------------------------------------------------ SIGINT / SIGTERM
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupt_exits_cleanly_and_names_the_checkpoint(data, tmp_path, sig):
-    """A real `capsv train` process gets the signal after its first checkpoint: exit 130,
-    a one-line message, no traceback, every checkpoint loadable, and the rerun continues."""
-    save = tmp_path / "run"
-    cfg = config(data, save, max_epoch=50, test_list=None)
-    argv = [sys.executable, "-m", "capsv.cli", "train"]
-    for key, value in cfg.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            argv += [f"--{key}"] if value else []
-        else:
-            argv += [f"--{key}", str(value)]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
-    env.pop("CAPSV_FAULT", None)
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    first = save / "model" / "model000000001.model"
-    deadline = time.time() + 60
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err
-    assert "capsv train: interrupted" in err
-    assert "Rerun the same command to continue" in out and "the last checkpoint is" in out
-    epochs = assert_all_checkpoints_load(save)
-    assert epochs and epochs[-1] >= 1
-    faults.arm("")
-    summary = train(dict(cfg, max_epoch=epochs[-1] + 1))
-    assert summary.first_epoch == epochs[-1] + 1
+def test_sigint_and_sigterm_exit_cleanly_and_name_the_checkpoint(data, tmp_path):
+    """Two real `capsv train` processes get SIGINT / SIGTERM after their first checkpoint:
+    exit 130, a message naming the checkpoint, no traceback, every checkpoint loadable, and
+    the rerun continues after it."""
+    from capsv.cli import main as cli_main
+
+    runs = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        cfg = config(data, tmp_path / sig.name, max_epoch=50, test_list=None)
+        log = tmp_path / f"{sig.name}.log"
+        runs[sig] = (cfg, log, fork_child(lambda cfg=cfg: cli_main(cli_argv(cfg)), log))
+    for sig, (cfg, log, pid) in runs.items():
+        first = Path(cfg["save_path"]) / "model" / "model000000001.model"
+        deadline = time.time() + 60
+        while not first.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(pid, sig)
+    for sig, (cfg, log, pid) in runs.items():
+        status = os.waitpid(pid, 0)[1]
+        out, err = log.read_text(), Path(str(log) + ".err").read_text()
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 130, (sig, out, err)
+        assert "Traceback" not in err and "capsv train: interrupted" in err, err
+        assert "Rerun the same command to continue" in out and "the last checkpoint is" in out
+        epochs = assert_all_checkpoints_load(Path(cfg["save_path"]))
+        assert epochs and epochs[-1] >= 1
+        faults.arm("")
+        summary = train(dict(cfg, max_epoch=epochs[-1] + 1))
+        assert summary.first_epoch == epochs[-1] + 1
 
 
 # ------------------------------------------------------------------ disk full
@@ -175,24 +195,20 @@ def _limit_file_size():
 def test_failed_checkpoint_write_keeps_the_previous_one(data, tmp_path):
     """Epoch 1 is saved normally; epoch 2's write hits a 64 KiB file-size limit (as a full
     disk would): a clear error, exit 2, epoch 1's checkpoint intact, no temp file left."""
+    from capsv.cli import main as cli_main
+
     save = tmp_path / "run"
     faults.arm("")
     train(config(data, save, max_epoch=1, test_list=None))
     before = (save / "model" / "model000000001.model").read_bytes()
-    code = ("import sys, torch; torch.set_num_threads(1); from capsv.cli import main; "
-            "sys.exit(main(sys.argv[1:]))")
-    argv = [sys.executable, "-c", code, "train"]
-    for key, value in config(data, save, max_epoch=2, test_list=None).items():
-        if value is None:
-            continue
-        argv += ([f"--{key}"] if value else []) if isinstance(value, bool) else [f"--{key}", str(value)]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120,
-                          preexec_fn=_limit_file_size)
-    assert proc.returncode == 2, proc.stderr
-    assert "cannot write checkpoint" in proc.stderr and "model000000002.model" in proc.stderr
-    assert "model000000001.model is intact" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    log = tmp_path / "child.log"
+    argv = cli_argv(config(data, save, max_epoch=2, test_list=None))
+    status = os.waitpid(fork_child(lambda: cli_main(argv), log, setup=_limit_file_size), 0)[1]
+    err = Path(str(log) + ".err").read_text()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 2, err
+    assert "cannot write checkpoint" in err and "model000000002.model" in err
+    assert "model000000001.model is intact" in err
+    assert "Traceback" not in err
     assert (save / "model" / "model000000001.model").read_bytes() == before
     assert sorted(os.listdir(save / "model")) == ["model000000001.model"]
     assert_all_checkpoints_load(save)
@@ -258,14 +274,18 @@ def test_same_seed_gives_the_same_first_epoch_losses(data, tmp_path):
     """Two separate processes, same seed, CPU: identical per-epoch losses (bitwise)."""
     code = ("import json, sys, torch; torch.set_num_threads(1); from capsv.train import train; "
             "train(json.loads(sys.argv[1]))")
-    losses = []
-    for name in ("a", "b"):
-        cfg = config(data, tmp_path / name, max_epoch=2, test_list=None)
-        env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
-        subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], env=env, check=True,
-                       capture_output=True, timeout=120)
-        rows = (tmp_path / name / "result" / "metrics.jsonl").read_text().splitlines()
-        losses.append([json.loads(r)["loss"] for r in rows])
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    env.pop("CAPSV_FAULT", None)
+    procs = [subprocess.Popen([sys.executable, "-c", code,
+                               json.dumps(config(data, tmp_path / name, max_epoch=2, test_list=None))],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for name in ("a", "b")]                # both at once: 2 cores
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+        proc.stderr.close()
+    losses = [[json.loads(r)["loss"] for r in
+               (tmp_path / name / "result" / "metrics.jsonl").read_text().splitlines()]
+              for name in ("a", "b")]
     assert len(losses[0]) == 2
     assert losses[0] == losses[1]
     cfg = config(data, tmp_path / "c", max_epoch=1, test_list=None, seed=6)
