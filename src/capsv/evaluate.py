@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .audio import AudioError, audio_info, eval_crops, load_audio
+from .audio import AudioError, audio_info, eval_crops, load_audio, load_eval_crops
 from .errors import CapsvError
 from .data.lists import Trial, missing_files, read_audio_list, read_trials, trial_files
 from .metrics import Metrics, compute_metrics
@@ -79,6 +79,8 @@ class EvalCrops(Dataset):
 
     def __getitem__(self, index: int):
         source = self.paths[index]
+        if isinstance(source, str) and self.eval_frames > 0:   # reads only the crops
+            return index, torch.from_numpy(load_eval_crops(source, self.eval_frames, self.num_eval))
         wave = load_audio(source) if isinstance(source, str) else source
         if self.eval_frames <= 0 and len(wave) < MIN_FULL_LENGTH_SAMPLES:
             name = source if isinstance(source, str) else f"input {index}"
