@@ -95,6 +95,7 @@ class TrainConfig:
     test_path: str = "./data/voxceleb1"
     eval_frames: int = 350
     num_eval: int = 10
+    on_bad_audio: str = "error"           # or "skip": see --on_bad_audio
     # files and runtime
     save_path: str = "./data/exp1"
     initial_model: str = ""
@@ -135,6 +136,8 @@ class TrainConfig:
                      "nOut", "max_seg_per_spk", "num_eval"):
             if getattr(self, name) < 1:
                 raise TrainError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.on_bad_audio not in ("error", "skip"):
+            raise TrainError(f"--on_bad_audio must be error or skip, got {self.on_bad_audio!r}")
         if self.max_bad_steps < 0:
             raise TrainError(f"--max_bad_steps must be 0 or more, got {self.max_bad_steps}")
         if self.nDataLoaderThread < 0:
@@ -480,7 +483,7 @@ def _prepare_evaluation(cfg: TrainConfig, log: RunLog) -> bool:
     if not cfg.test_list:
         log.info("no --test_list: training without evaluation")
         return False
-    validate_inputs(read_trials(cfg.test_list), cfg.test_path, cfg.test_list)
+    validate_inputs(read_trials(cfg.test_list), cfg.test_path, cfg.test_list, cfg.on_bad_audio)
     return True
 
 
@@ -542,7 +545,8 @@ def _describe_run(log: RunLog, cfg: TrainConfig, train_list: TrainList, sampler,
 def _evaluate(cfg: TrainConfig, net: SpeakerNet, device, progress: bool, log: RunLog) -> dict:
     log.info(f"evaluating on {cfg.test_list}")
     result = evaluate_list(net, cfg.test_list, cfg.test_path, cfg.eval_frames, cfg.num_eval,
-                           device=device, workers=cfg.nDataLoaderThread, progress=progress)
+                           device=device, workers=cfg.nDataLoaderThread, progress=progress,
+                           on_bad_audio=cfg.on_bad_audio)
     faults.kill_if("kill_during_eval")
     # Plain Python numbers: numpy scalars would break weights_only loading of the checkpoint.
     return {k: getattr(v, "item", lambda v=v: v)() for k, v in result.metrics.as_dict().items()}
@@ -599,7 +603,8 @@ def train(args) -> TrainSummary:
     sampler = SpeakerBatchSampler(train_list.labels, cfg.batch_size, cfg.nSpeakers,
                                   cfg.max_seg_per_spk, seed=cfg.seed)
     augment = build_augmenter(cfg.musan_path, cfg.rir_path) if cfg.augment else None
-    dataset = TrainCrops(train_list.paths, train_list.labels, cfg.max_frames, cfg.seed, augment)
+    dataset = TrainCrops(train_list.paths, train_list.labels, cfg.max_frames, cfg.seed, augment,
+                         on_bad_audio=cfg.on_bad_audio)
     loader = make_train_loader(dataset, sampler, cfg.nDataLoaderThread,
                                pin_memory=device.type == "cuda")
     evaluating = _prepare_evaluation(cfg, log)
@@ -655,6 +660,8 @@ def train(args) -> TrainSummary:
         restore_sigterm()
         log.close()
 
+    if dataset.bad_files:       # counted here with --nDataLoaderThread 0; workers warn per file
+        log.info(f"skipped {len(dataset.bad_files)} bad training file(s) (--on_bad_audio skip)")
     if metrics is None and meta.get("eer") is not None:     # the last evaluation was earlier
         metrics = {"EER": meta["eer"], "EER_threshold": meta["eer_threshold"],
                    "minDCF_p0.05": meta["min_dcf"], "epoch": meta.get("eval_epoch")}
