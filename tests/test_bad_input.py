@@ -72,8 +72,23 @@ def corpus(tmp_path_factory):
     return root, items
 
 
+_VERIFIERS: dict = {}
+
+
 def _verifier(root: Path) -> SpeakerVerifier:
-    return SpeakerVerifier.from_checkpoint(str(root / "tap.model"), eval_frames=20, num_eval=2)
+    if root not in _VERIFIERS:
+        _VERIFIERS[root] = SpeakerVerifier.from_checkpoint(str(root / "tap.model"), eval_frames=20,
+                                                           num_eval=2)
+    return _VERIFIERS[root]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------- unusable files: 3 paths
@@ -317,3 +332,36 @@ def test_every_loading_path_refuses_a_code_running_checkpoint(corpus, tmp_path, 
             assert summary.first_epoch == 1
             assert "skipping unreadable checkpoint" in capsys.readouterr().out
     assert not (tmp_path / "PWNED").exists()
+
+
+# ----------------------------------------------------------------- archives
+@pytest.mark.parametrize("bad", ["symlink", "hardlink", "dotdot", "absolute"])
+def test_unsafe_tar_entry_is_refused(tmp_path, bad):
+    """The zip cases live in test_voxceleb_prep.py::test_unsafe_zip_entry_is_refused."""
+    import io
+    import tarfile
+
+    from capsv.data.archive import ArchiveError, extract_tar
+
+    archive = tmp_path / "musan.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        ok = tarfile.TarInfo("musan/noise/a.wav")
+        ok.size = 5
+        tf.addfile(ok, io.BytesIO(b"audio"))
+        name = {"dotdot": "musan/../../evil.txt", "absolute": str(tmp_path / "evil.txt")}.get(
+            bad, "musan/noise/evil.txt")
+        info = tarfile.TarInfo(name)
+        if bad == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        elif bad == "hardlink":
+            info.type, info.linkname = tarfile.LNKTYPE, "/etc/passwd"
+        else:
+            info.size = 6
+        tf.addfile(info, io.BytesIO(b"gotcha") if info.isfile() else None)
+    target = tmp_path / "out"
+    with pytest.raises(ArchiveError, match="refused entry"):
+        extract_tar(str(archive), str(target), progress=False)
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
+                     if p.is_file() or p.is_symlink())
+    assert written == ["musan.tar.gz", "out/musan/noise/a.wav"]
+
