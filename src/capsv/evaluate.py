@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from . import faults
 from .audio import AudioError, audio_info, eval_crops, load_audio, load_eval_crops
 from .errors import CapsvError
 from .data.lists import Trial, missing_files, read_audio_list, read_trials, trial_files
@@ -322,6 +323,7 @@ def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: 
     net = net.to(device)
     feats = extract_features(net, paths, eval_frames, num_eval, device=device, workers=workers,
                              progress=progress)
+    faults.kill_if("kill_during_eval")      # test hook (capsv.faults): features read, not scored
     scores = score_pairs(net, feats, pairs, progress=progress)
     labels = [t.label for t in trials]
     if score_norm is None:
