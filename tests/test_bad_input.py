@@ -155,7 +155,7 @@ def test_bad_file_in_training_errors_or_is_replaced(corpus, kind, tmp_path, caps
     summary = train(_train_cfg(root, items, kind, tmp_path / "skip", on_bad_audio="skip"))
     assert summary.final_epoch == 1 and np.isfinite(summary.loss)
     out = capsys.readouterr().out
-    assert f"warning: skipping bad training file (--on_bad_audio skip): " in out and kind in out
+    assert "warning: skipping bad training file (--on_bad_audio skip): " in out and kind in out
     assert "skipped 1 bad training file(s)" in out
 
 

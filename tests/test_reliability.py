@@ -22,7 +22,7 @@ import torch
 
 from capsv import faults
 from capsv.checkpoint import read_checkpoint
-from capsv.train import TrainConfig, TrainError, list_checkpoints, train
+from capsv.train import TrainError, list_checkpoints, train
 
 from speech_like import make_corpus, write_train_list, write_trials
 
