@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ def audio_info(path: str, expected_rate: int | None = SAMPLE_RATE) -> AudioInfo:
     _check_rate(path, info.samplerate, expected_rate)
     if info.frames <= 0:
         raise AudioError(f"{path}: the file holds no audio samples")
+    check_wav_complete(path)
     return AudioInfo(path, int(info.frames), int(info.samplerate), int(info.channels))
 
 
@@ -91,9 +93,39 @@ def _to_mono(data: np.ndarray, path: str) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
+def check_wav_complete(path: str) -> None:
+    """Raise :class:`AudioError` if a RIFF/WAVE file's ``data`` chunk is cut short.
+
+    libsndfile silently reads what is there, so a truncated download would pass as a
+    shorter, valid file. Streamed WAVs (size 0 or 0xFFFFFFFF) and non-WAV files are skipped.
+    """
+    if not path.lower().endswith(".wav"):
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read ({exc})") from None
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    offset = 12
+    while offset + 8 <= len(head):
+        chunk, length = head[offset:offset + 4], struct.unpack("<I", head[offset + 4:offset + 8])[0]
+        if chunk == b"data":
+            available = size - (offset + 8)
+            if length not in (0, 0xFFFFFFFF) and available < length:
+                raise AudioError(f"{path}: truncated WAV: the header declares {length} bytes of "
+                                 f"audio but the file holds {available}; re-download or "
+                                 "re-extract it")
+            return
+        offset += 8 + length + (length & 1)
+
+
 @contextmanager
 def _open_soundfile(path: str, expected_rate: int | None):
     """``sf.SoundFile`` with the rate checked and every failure turned into :class:`AudioError`."""
+    check_wav_complete(path)
     try:
         with sf.SoundFile(path) as f:
             _check_rate(path, f.samplerate, expected_rate)
@@ -105,8 +137,12 @@ def _open_soundfile(path: str, expected_rate: int | None):
 
 
 def _read_int16_scale(f: sf.SoundFile, path: str, frames: int) -> np.ndarray:
-    # soundfile scales int16 by 1/32768 exactly, so this restores the original integers.
-    return _to_mono(f.read(frames, dtype="float32", always_2d=True), path) * np.float32(INT16_SCALE)
+    # soundfile scales integer PCM (16/24/32-bit) and float WAVs to [-1, 1), so x32768 gives
+    # the int16 scale; for int16 files it restores the original integers exactly.
+    data = f.read(frames, dtype="float32", always_2d=True)
+    if f.subtype in ("FLOAT", "DOUBLE") and not np.isfinite(data).all():
+        raise AudioError(f"{path}: the file holds NaN or infinite samples; it is damaged")
+    return _to_mono(data, path) * np.float32(INT16_SCALE)
 
 
 def load_audio(path: str, start: int = 0, frames: int = -1,
@@ -123,7 +159,11 @@ def load_audio(path: str, start: int = 0, frames: int = -1,
     with _open_soundfile(path, expected_rate) as f:
         if start:
             f.seek(start)
-        return _read_int16_scale(f, path, frames)
+        audio = _read_int16_scale(f, path, frames)
+    if len(audio) == 0 and frames != 0:
+        raise AudioError(f"{path}: the file holds no audio samples"
+                         + (f" from sample {start}" if start else ""))
+    return audio
 
 
 def pad_for_crop(audio: np.ndarray, crop_len: int) -> np.ndarray:
@@ -148,7 +188,27 @@ def eval_crops(audio: np.ndarray, eval_frames: int, num_eval: int) -> np.ndarray
 
 
 def load_eval_crops(path: str, eval_frames: int, num_eval: int) -> np.ndarray:
-    return eval_crops(load_audio(path), eval_frames, num_eval)
+    """``eval_crops(load_audio(path), ...)``, but a WAV/FLAC longer than one crop is read
+    crop by crop (seek + read), so a 10-minute file costs ``num_eval`` crops of memory."""
+    if eval_frames <= 0 or is_compressed(path):
+        return eval_crops(load_audio(path), eval_frames, num_eval)
+    crop_len = crop_samples(eval_frames)
+    with _open_soundfile(path, SAMPLE_RATE) as f:
+        total = f.frames
+        if total <= crop_len:                  # short: padded, as eval_crops does
+            audio = _read_int16_scale(f, path, -1)
+            if len(audio) == 0:
+                raise AudioError(f"{path}: the file holds no audio samples")
+            return eval_crops(audio, eval_frames, num_eval)
+        crops = np.empty((num_eval, crop_len), dtype=np.float32)
+        for i, start in enumerate(eval_crop_starts(total, crop_len, num_eval)):
+            f.seek(int(start))
+            crop = _read_int16_scale(f, path, crop_len)
+            if len(crop) < crop_len:
+                raise AudioError(f"{path}: the header promises {total} samples but reading "
+                                 "stopped early; the file is truncated, re-extract it")
+            crops[i] = crop
+    return crops
 
 
 def random_crop(audio: np.ndarray, max_frames: int, rng: np.random.Generator) -> np.ndarray:

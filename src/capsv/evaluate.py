@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .audio import AudioError, audio_info, eval_crops, load_audio
+from . import faults
+from .audio import AudioError, audio_info, eval_crops, load_audio, load_eval_crops
 from .errors import CapsvError
 from .data.lists import Trial, missing_files, read_audio_list, read_trials, trial_files
 from .metrics import Metrics, compute_metrics
@@ -43,28 +44,39 @@ class EvalInputError(CapsvError):
     """Bad evaluation input, reported before any heavy computation."""
 
 
-def validate_inputs(trials: list[Trial], test_path: str, list_name: str = "trial list") -> list[str]:
-    """Distinct relative paths of the trials, after checking that each one is usable audio."""
+def validate_inputs(trials: list[Trial], test_path: str, list_name: str = "trial list",
+                    on_bad_audio: str = "error") -> list[str]:
+    """Distinct relative paths of the trials, after checking that each one is usable audio.
+    With ``on_bad_audio="skip"`` unusable (not missing) files are warned about and left out."""
     files = trial_files(trials)
-    validate_files(files, test_path, list_name)
-    return files
+    bad = validate_files(files, test_path, list_name, on_bad_audio)
+    return [f for f in files if f not in bad]
 
 
-def validate_files(files: list[str], test_path: str, list_name: str) -> None:
-    """Every missing file, unreadable header or wrong rate, reported at once."""
+def validate_files(files: list[str], test_path: str, list_name: str,
+                   on_bad_audio: str = "error") -> dict[str, str]:
+    """Every missing file, unreadable header, truncation or wrong rate, reported at once.
+    Returns {file: problem} of the unusable files when ``on_bad_audio="skip"``."""
     missing = missing_files(test_path, files)
     if missing:
         shown = "\n  ".join(missing[:50]) + (f"\n  ... {len(missing) - 50} more" if len(missing) > 50 else "")
         raise EvalInputError(f"{len(missing)} of {len(files)} files in {list_name} are missing "
                              f"under --test_path {test_path}:\n  {shown}")
-    problems = []
+    problems = {}
     for rel in files:
         try:
             audio_info(os.path.join(test_path, rel))
         except AudioError as exc:
-            problems.append(str(exc))
+            problems[rel] = str(exc)
+    if problems and on_bad_audio == "skip":
+        for problem in problems.values():
+            print(f"warning: skipping (--on_bad_audio skip): {problem}", flush=True)
+        return problems
     if problems:
-        raise EvalInputError(f"{len(problems)} unusable audio file(s):\n  " + "\n  ".join(problems[:50]))
+        problems = list(problems.values())
+        raise EvalInputError(f"{len(problems)} unusable audio file(s):\n  " + "\n  ".join(problems[:50])
+                             + "\n(--on_bad_audio skip leaves such files out)")
+    return {}
 
 
 class EvalCrops(Dataset):
@@ -79,6 +91,8 @@ class EvalCrops(Dataset):
 
     def __getitem__(self, index: int):
         source = self.paths[index]
+        if isinstance(source, str) and self.eval_frames > 0:   # reads only the crops
+            return index, torch.from_numpy(load_eval_crops(source, self.eval_frames, self.num_eval))
         wave = load_audio(source) if isinstance(source, str) else source
         if self.eval_frames <= 0 and len(wave) < MIN_FULL_LENGTH_SAMPLES:
             name = source if isinstance(source, str) else f"input {index}"
@@ -259,6 +273,8 @@ class EvalResult:
     metrics: Metrics
     raw_scores: np.ndarray | None = None
     raw_metrics: Metrics | None = None
+    skipped_files: list[str] = field(default_factory=list)   # --on_bad_audio skip
+    skipped_trials: int = 0
 
     def score_lines(self) -> list[str]:
         return [f"{t.label} {t.path1} {t.path2} {s:.8g}" for t, s in zip(self.trials, self.scores)]
@@ -275,14 +291,26 @@ class ScoreNorm:
 
 def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: int = 350,
                   num_eval: int = 10, device: torch.device | str = "cpu", workers: int = 0,
-                  progress: bool = True, score_norm: ScoreNorm | None = None) -> EvalResult:
+                  progress: bool = True, score_norm: ScoreNorm | None = None,
+                  on_bad_audio: str = "error") -> EvalResult:
     trials = read_trials(test_list)
+    all_files = trial_files(trials)
+    files = validate_inputs(trials, test_path, test_list, on_bad_audio)
+    skipped = sorted(set(all_files) - set(files))
+    n_listed = len(trials)
+    if skipped:
+        usable = set(files)
+        trials = [t for t in trials if t.path1 in usable and t.path2 in usable]
+        print(f"warning: {len(skipped)} bad file(s) skipped, with {n_listed - len(trials)} of "
+              f"{n_listed} trials", flush=True)
+        if not trials:
+            raise EvalInputError(f"{test_list}: no trial is left after skipping bad files")
     n_target = sum(t.label for t in trials)
     if n_target in (0, len(trials)):
         raise EvalInputError(f"{test_list}: all {len(trials)} trials are "
                              f"{'non-target' if n_target == 0 else 'target'}; EER and minDCF "
                              "need both labels 1 and 0")
-    files = validate_inputs(trials, test_path, test_list)
+    files = trial_files(trials)
     paths = [os.path.normpath(os.path.join(test_path, f)) for f in files]
     cohort = []
     if score_norm is not None:
@@ -295,10 +323,12 @@ def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: 
     net = net.to(device)
     feats = extract_features(net, paths, eval_frames, num_eval, device=device, workers=workers,
                              progress=progress)
+    faults.kill_if("kill_during_eval")      # test hook (capsv.faults): features read, not scored
     scores = score_pairs(net, feats, pairs, progress=progress)
     labels = [t.label for t in trials]
     if score_norm is None:
-        return EvalResult(trials, scores, compute_metrics(scores, labels))
+        return EvalResult(trials, scores, compute_metrics(scores, labels), skipped_files=skipped,
+                          skipped_trials=n_listed - len(trials))
     # One row of cohort scores per trial file (CAP's score is symmetric, spec §3), the file
     # itself left out when it is also in the cohort.
     cohort_ids = np.array([index[p] for p in cohort])
@@ -309,7 +339,8 @@ def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: 
     normed = adaptive_snorm(scores, mean[pairs[:, 0]], std[pairs[:, 0]],
                             mean[pairs[:, 1]], std[pairs[:, 1]])
     return EvalResult(trials, normed, compute_metrics(normed, labels),
-                      raw_scores=scores, raw_metrics=compute_metrics(scores, labels))
+                      raw_scores=scores, raw_metrics=compute_metrics(scores, labels),
+                      skipped_files=skipped, skipped_trials=n_listed - len(trials))
 
 
 def validate_cohort(norm: ScoreNorm) -> list[str]:

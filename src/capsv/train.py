@@ -27,6 +27,7 @@ import math
 import os
 import random
 import re
+import signal
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import faults
 from .checkpoint import (is_capsv, load_state_strict, read_checkpoint, save_checkpoint,
                          split_reference_state)
 from .data.dataset import TrainCrops, TrainList, build_augmenter, make_train_loader
@@ -78,6 +80,7 @@ class TrainConfig:
     musan_path: str = ""
     rir_path: str = ""
     seed: int = 0
+    max_bad_steps: int = 0            # steps with a non-finite loss skipped before stopping
     # optimisation
     optimizer: str = "sgd"
     lr: float = 0.1
@@ -92,6 +95,7 @@ class TrainConfig:
     test_path: str = "./data/voxceleb1"
     eval_frames: int = 350
     num_eval: int = 10
+    on_bad_audio: str = "error"           # or "skip": see --on_bad_audio
     # files and runtime
     save_path: str = "./data/exp1"
     initial_model: str = ""
@@ -132,6 +136,10 @@ class TrainConfig:
                      "nOut", "max_seg_per_spk", "num_eval"):
             if getattr(self, name) < 1:
                 raise TrainError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.on_bad_audio not in ("error", "skip"):
+            raise TrainError(f"--on_bad_audio must be error or skip, got {self.on_bad_audio!r}")
+        if self.max_bad_steps < 0:
+            raise TrainError(f"--max_bad_steps must be 0 or more, got {self.max_bad_steps}")
         if self.nDataLoaderThread < 0:
             raise TrainError("--nDataLoaderThread must be 0 (load in the main process) or more")
         if not self.lr > 0:
@@ -398,6 +406,18 @@ def _clean_worker_error(exc: CapsvError) -> CapsvError:
     return type(exc)(re.sub(r"^[\w.]+Error: ", "", last))
 
 
+def _check_bad_step(cfg: TrainConfig, epoch: int, step: int, loss, skipped: int) -> None:
+    """A step whose loss is NaN/inf is skipped (weights untouched); past --max_bad_steps
+    of them in one epoch, training stops."""
+    if skipped > cfg.max_bad_steps:
+        raise TrainError(f"epoch {epoch} step {step}: the loss is {loss.item()} (non-finite; "
+                         f"{skipped} such step(s) this epoch, --max_bad_steps {cfg.max_bad_steps}); "
+                         "training diverged: lower --lr, check the data, or raise --max_bad_steps. "
+                         "No checkpoint was written for this epoch")
+    print(f"warning: epoch {epoch} step {step}: the loss is {loss.item()}; step skipped "
+          f"({skipped} of at most {cfg.max_bad_steps} this epoch)", flush=True)
+
+
 def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: int,
                     device: torch.device, progress: bool) -> EpochStats:
     net.train()
@@ -406,7 +426,7 @@ def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: 
     loss_sum = torch.zeros((), device=device)
     part_sums: dict[str, torch.Tensor] = {}
     acc_sum = torch.zeros((), device=device)
-    steps, crops = 0, 0
+    steps, crops, skipped = 0, 0, 0
     started = last_shown = time.time()
     bar = tqdm(total=len(loader), desc=f"epoch {epoch}", unit="step", disable=not progress,
                dynamic_ncols=True)
@@ -416,8 +436,16 @@ def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: 
             labels = labels.to(device, non_blocking=True)
             out = forward_batch(net, objective, waves, labels, cfg.batch_size, cfg.per_group_bn)
             optimizer.zero_grad(set_to_none=True)
+            if faults.armed("nan_loss"):
+                out.loss = out.loss * float("nan")
+            if not torch.isfinite(out.loss):     # never let a NaN/inf reach the weights
+                skipped += 1
+                _check_bad_step(cfg, epoch, steps + skipped, out.loss, skipped)
+                bar.update(1)
+                continue
             out.loss.backward()
             optimizer.step()
+            faults.kill_if("kill_after_step")
 
             loss_sum += out.loss.detach()
             for name, value in out.parts.items():
@@ -439,11 +467,13 @@ def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: 
     finally:
         bar.close()
     if steps == 0:
-        raise TrainError(f"epoch {epoch} produced no batch; see the sampler line above")
+        raise TrainError(f"epoch {epoch} produced no usable batch; see the lines above")
     loss = loss_sum.item() / steps
     if not math.isfinite(loss):
         raise TrainError(f"epoch {epoch}: the loss is {loss}; training diverged, lower --lr")
     parts = {k: float(v) / steps for k, v in part_sums.items()}
+    if skipped:
+        parts["skipped_steps"] = skipped
     return EpochStats(epoch, loss, acc_sum.item() / steps, lr, steps, crops, time.time() - started,
                       parts)
 
@@ -453,7 +483,7 @@ def _prepare_evaluation(cfg: TrainConfig, log: RunLog) -> bool:
     if not cfg.test_list:
         log.info("no --test_list: training without evaluation")
         return False
-    validate_inputs(read_trials(cfg.test_list), cfg.test_path, cfg.test_list)
+    validate_inputs(read_trials(cfg.test_list), cfg.test_path, cfg.test_list, cfg.on_bad_audio)
     return True
 
 
@@ -515,7 +545,8 @@ def _describe_run(log: RunLog, cfg: TrainConfig, train_list: TrainList, sampler,
 def _evaluate(cfg: TrainConfig, net: SpeakerNet, device, progress: bool, log: RunLog) -> dict:
     log.info(f"evaluating on {cfg.test_list}")
     result = evaluate_list(net, cfg.test_list, cfg.test_path, cfg.eval_frames, cfg.num_eval,
-                           device=device, workers=cfg.nDataLoaderThread, progress=progress)
+                           device=device, workers=cfg.nDataLoaderThread, progress=progress,
+                           on_bad_audio=cfg.on_bad_audio)
     # Plain Python numbers: numpy scalars would break weights_only loading of the checkpoint.
     return {k: getattr(v, "item", lambda v=v: v)() for k, v in result.metrics.as_dict().items()}
 
@@ -524,14 +555,36 @@ def _save_epoch(cfg: TrainConfig, epoch: int, net, objective, optimizer, schedul
                 previous: str | None) -> str:
     """Write this epoch's checkpoint; remove ``previous`` unless its epoch was evaluated."""
     path = checkpoint_path(cfg.save_path, epoch)
-    save_checkpoint(path, net, meta, optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(), loss=objective.state_dict(),
-                    rng=rng_state(), train_config=asdict(cfg))
+    bad = [name for name, t in net.state_dict().items()
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise TrainError(f"epoch {epoch}: non-finite weights in {', '.join(bad[:5])}; not writing "
+                         f"{path}. The last good checkpoint is {previous or 'none'}")
+    try:
+        save_checkpoint(path, net, meta, optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), loss=objective.state_dict(),
+                        rng=rng_state(), train_config=asdict(cfg))
+    except (OSError, RuntimeError) as exc:    # disk full, file too large, I/O error
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainError(f"cannot write checkpoint {path} ({detail}); the previous checkpoint "
+                         f"{previous or '(none)'} is intact. Free disk space and rerun the same "
+                         "command to continue") from None
+    faults.kill_if("kill_after_save")
     if previous and previous != path and os.path.exists(previous):
         previous_epoch = int(CHECKPOINT_RE.match(os.path.basename(previous)).group(1))
         if previous_epoch % cfg.test_interval != 0:
             os.unlink(previous)
     return path
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's stop) ends the run like Ctrl-C: between two statements, with
+    the last checkpoint intact and a message. Returns the function that restores the handler."""
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    except ValueError:            # not the main thread: leave signals alone
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def train(args) -> TrainSummary:
@@ -549,7 +602,8 @@ def train(args) -> TrainSummary:
     sampler = SpeakerBatchSampler(train_list.labels, cfg.batch_size, cfg.nSpeakers,
                                   cfg.max_seg_per_spk, seed=cfg.seed)
     augment = build_augmenter(cfg.musan_path, cfg.rir_path) if cfg.augment else None
-    dataset = TrainCrops(train_list.paths, train_list.labels, cfg.max_frames, cfg.seed, augment)
+    dataset = TrainCrops(train_list.paths, train_list.labels, cfg.max_frames, cfg.seed, augment,
+                         on_bad_audio=cfg.on_bad_audio)
     loader = make_train_loader(dataset, sampler, cfg.nDataLoaderThread,
                                pin_memory=device.type == "cuda")
     evaluating = _prepare_evaluation(cfg, log)
@@ -574,8 +628,12 @@ def train(args) -> TrainSummary:
     stats, metrics, ckpt = None, None, resumed_from
     previous = resumed_from if owned else None      # never delete files capsv did not write
     seconds, crops = 0.0, 0
+    faults.arm()
+    restore_sigterm = _sigterm_as_interrupt()
+    epoch = first_epoch
     try:
         for epoch in range(first_epoch, cfg.max_epoch + 1):
+            faults.kill_if("kill_at_epoch_start")
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
             stats = train_one_epoch(net, objective, optimizer, loader, cfg, epoch, device, progress)
@@ -588,12 +646,21 @@ def train(args) -> TrainSummary:
                             min_dcf=metrics["minDCF_p0.05"], eval_epoch=epoch)
             meta.update(epoch=epoch, train_list_sha256=train_sha,
                         n_train_speakers=train_list.n_speakers)
+            # Log first: a kill before the checkpoint lands only leaves a row that the
+            # restart truncates and redoes; the other order would lose the row for good.
+            log.epoch(stats, metrics)
             ckpt = previous = _save_epoch(cfg, epoch, net, objective, optimizer, scheduler, meta,
                                           previous)
-            log.epoch(stats, metrics)
+    except KeyboardInterrupt:
+        log.info(f"interrupted during epoch {epoch}: its partial work is dropped; the last "
+                 f"checkpoint is {ckpt or '(none yet)'}. Rerun the same command to continue.")
+        raise
     finally:
+        restore_sigterm()
         log.close()
 
+    if dataset.bad_files:       # counted here with --nDataLoaderThread 0; workers warn per file
+        log.info(f"skipped {len(dataset.bad_files)} bad training file(s) (--on_bad_audio skip)")
     if metrics is None and meta.get("eer") is not None:     # the last evaluation was earlier
         metrics = {"EER": meta["eer"], "EER_threshold": meta["eer_threshold"],
                    "minDCF_p0.05": meta["min_dcf"], "epoch": meta.get("eval_epoch")}

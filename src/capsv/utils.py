@@ -51,8 +51,11 @@ def atomic_write_text(path: str, text: str) -> None:
 def atomic_torch_save(obj, path: str) -> None:
     import torch
 
+    from . import faults
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+        faults.kill_if("kill_during_save")     # test hook: the temp file exists, not yet renamed
 
 
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:

@@ -28,6 +28,11 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="frames per evaluation crop (350 = 3.5 s); 0 = whole utterance (default: %(default)s)")
     g.add_argument("--num_eval", type=int, default=10,
                    help="evaluation crops per file (default: %(default)s)")
+    g.add_argument("--on_bad_audio", choices=("error", "skip"), default="error",
+                   help="an unreadable, empty, truncated or wrong-rate audio file: 'error' stops "
+                        "and names every such file; 'skip' leaves it out (evaluation: with its "
+                        "trials; training: another utterance of the same speaker is read) and "
+                        "reports how many at the end (default: %(default)s)")
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:

@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     net, _ = load_model(args.initial_model, args.model, args.encoder_type, args.nOut, device=device)
     result = evaluate_list(net, args.test_list, args.test_path, args.eval_frames, args.num_eval,
                            device=device, workers=args.nDataLoaderThread,
-                           progress=not args.no_progress, score_norm=norm)
+                           progress=not args.no_progress, score_norm=norm,
+                           on_bad_audio=args.on_bad_audio)
     if args.save_scores:
         atomic_write_text(args.save_scores, "\n".join(result.score_lines()) + "\n")
     if args.report:
@@ -83,4 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if result.raw_metrics is not None:
         print("raw scores: " + ", ".join(result.raw_metrics.lines()), flush=True)
     print("\n".join(result.metrics.lines()), flush=True)
+    if result.skipped_files:
+        print(f"skipped {len(result.skipped_files)} bad audio file(s) and "
+              f"{result.skipped_trials} trial(s) (--on_bad_audio skip)", flush=True)
     return 0

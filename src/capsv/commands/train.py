@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max_epoch", type=int, help="stop after this epoch (default: %(default)s)")
     g.add_argument("--test_interval", type=int,
                    help="evaluate every this many epochs, and at --max_epoch (default: %(default)s)")
+    g.add_argument("--max_bad_steps", type=int,
+                   help="steps with a NaN/inf loss to skip (with a warning) per epoch before "
+                        "stopping; such steps never touch the weights (default: %(default)s)")
     g.add_argument("--per_group_bn", action="store_true",
                    help="run the backbone on the supports and on each query group separately, "
                         "as the original does (per-group BatchNorm statistics; exact parity, "

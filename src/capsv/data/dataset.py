@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from ..audio import load_random_crop
+from ..audio import AudioError, load_random_crop
 from ..errors import CapsvError
 from ..utils import file_sha256
 from .lists import read_train_list
@@ -92,10 +92,12 @@ class TrainCrops(Dataset):
     """
 
     def __init__(self, paths: list[str], labels: list[int], max_frames: int, seed: int = 0,
-                 augment=None):
+                 augment=None, on_bad_audio: str = "error"):
         self.paths, self.labels = paths, labels
         self.max_frames, self.seed, self.augment = max_frames, int(seed), augment
+        self.on_bad_audio = on_bad_audio
         self.epoch = 0
+        self.bad_files: set[str] = set()      # seen by this process (--on_bad_audio skip)
 
     def set_epoch(self, epoch: int) -> None:
         """Call before creating the epoch's iterator: workers receive a copy of this state."""
@@ -106,10 +108,37 @@ class TrainCrops(Dataset):
 
     def __getitem__(self, index: int):
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        crop = load_random_crop(self.paths[index], self.max_frames, rng)
+        crop = self._crop(index, rng)
         if self.augment is not None:
             crop = self.augment(crop, rng)
         return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)), self.labels[index]
+
+
+    def _crop(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        """The utterance's crop; with ``on_bad_audio="skip"`` a bad file is replaced by the
+        next readable utterance of the same speaker (a warning per file, once)."""
+        try:
+            return load_random_crop(self.paths[index], self.max_frames, rng)
+        except AudioError as exc:
+            if self.on_bad_audio != "skip":
+                raise
+            self._note_bad(self.paths[index], exc)
+        same = [i for i, label in enumerate(self.labels) if label == self.labels[index]]
+        start = same.index(index)
+        for other in same[start + 1:] + same[:start]:
+            if self.paths[other] in self.bad_files:
+                continue
+            try:
+                return load_random_crop(self.paths[other], self.max_frames, rng)
+            except AudioError as exc:
+                self._note_bad(self.paths[other], exc)
+        raise TrainDataError(f"every utterance of the speaker of {self.paths[index]} is "
+                             "unreadable; remove the speaker from the train list")
+
+    def _note_bad(self, path: str, exc: Exception) -> None:
+        if path not in self.bad_files:
+            self.bad_files.add(path)
+            print(f"warning: skipping bad training file (--on_bad_audio skip): {exc}", flush=True)
 
 
 def build_augmenter(musan_path: str, rir_path: str):

@@ -1,7 +1,9 @@
 """Train lists (``speaker path``) and trial lists (``label path1 path2``).
 
 Both readers accept Windows line endings, a UTF-8 byte-order mark and blank lines, and
-reject anything else with the file name and line number.
+reject anything else with the file name and line number. Fields are separated by
+whitespace, or, when a line holds a tab, by tabs only: that is how a path with spaces is
+written. A trial list that repeats a trial is refused (it would count twice in the EER).
 """
 from __future__ import annotations
 
@@ -13,6 +15,16 @@ from ..errors import CapsvError
 
 class ListError(CapsvError):
     """A malformed list; the message names the file and line."""
+
+
+TAB_HINT = "; a path with spaces needs the fields separated with tabs"
+
+
+def _fields(text: str) -> list[str]:
+    """Tab-separated if the line holds a tab (paths may contain spaces), else whitespace."""
+    if "\t" in text:
+        return [field.strip() for field in text.split("\t") if field.strip()]
+    return text.split()
 
 
 def _lines(path: str):
@@ -35,14 +47,19 @@ class Trial:
 
 def read_trials(path: str) -> list[Trial]:
     """Parse a trial list; each line must be ``<0|1> <path1> <path2>``."""
-    trials = []
+    trials, seen = [], {}
     for number, text in _lines(path):
-        fields = text.split()
+        fields = _fields(text)
         if len(fields) != 3:
             raise ListError(f"{path}:{number}: expected 3 fields '<label> <path1> <path2>', "
-                            f"found {len(fields)}: {text[:120]!r}")
+                            f"found {len(fields)}: {text[:120]!r}{TAB_HINT}")
         if fields[0] not in ("0", "1"):
             raise ListError(f"{path}:{number}: label must be 0 or 1, found {fields[0]!r}")
+        pair = (fields[1], fields[2])
+        if pair in seen:
+            raise ListError(f"{path}:{number}: the trial {fields[1]} {fields[2]} repeats line "
+                            f"{seen[pair]}; remove the duplicate (it would count twice)")
+        seen[pair] = number
         trials.append(Trial(int(fields[0]), fields[1], fields[2]))
     if not trials:
         raise ListError(f"{path}: the trial list is empty")
@@ -53,10 +70,10 @@ def read_train_list(path: str) -> list[tuple[str, str]]:
     """Parse a train list into (speaker, relative path) pairs, in file order."""
     items = []
     for number, text in _lines(path):
-        fields = text.split()
+        fields = _fields(text)
         if len(fields) != 2:
             raise ListError(f"{path}:{number}: expected 2 fields '<speaker> <path>', "
-                            f"found {len(fields)}: {text[:120]!r}")
+                            f"found {len(fields)}: {text[:120]!r}{TAB_HINT}")
         items.append((fields[0], fields[1]))
     if not items:
         raise ListError(f"{path}: the train list is empty")
@@ -80,7 +97,7 @@ def read_audio_list(path: str) -> list[str]:
     """
     paths: dict[str, None] = {}
     for number, text in _lines(path):
-        fields = text.split()
+        fields = _fields(text)
         if len(fields) == 1:
             paths[fields[0]] = None
         elif len(fields) == 2:

@@ -1,0 +1,55 @@
+"""Fault injection for tests: make a run die (or go wrong) at an exact, named point.
+
+Set ``CAPSV_FAULT`` before starting a run; unset (the normal case) every hook is a single
+``is None`` check. A value is ``NAME`` or ``NAME:N`` (comma-separate several); ``N`` means
+"the N-th time this process reaches that point" (default 1):
+
+- ``kill_after_step:N``     SIGKILL right after the N-th optimiser step (mid-epoch).
+- ``kill_at_epoch_start:N`` SIGKILL when the N-th epoch of this process begins.
+- ``kill_during_save:N``    SIGKILL while the N-th checkpoint's temp file is written, before
+  its rename (``capsv.utils.atomic_torch_save``).
+- ``kill_after_save:N``     SIGKILL right after the N-th checkpoint is renamed into place,
+  before the previous one is removed.
+- ``kill_during_eval:N``    SIGKILL in the middle of the N-th evaluation (features read,
+  trials not yet scored).
+- ``nan_loss:N``            make the loss of the N-th step NaN (not a kill).
+
+This is a test hook, not a feature: it exists so that tests/test_reliability.py can prove
+that no checkpoint on disk is ever unloadable and that a restart continues exactly.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+_armed: dict[str, int] | None = None
+_seen: dict[str, int] = {}
+
+
+def arm(value: str | None = None) -> None:
+    """Read ``CAPSV_FAULT`` (or ``value``) and reset the counters; called when a run starts."""
+    global _armed
+    value = os.environ.get("CAPSV_FAULT", "") if value is None else value
+    faults: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, _, count = item.partition(":")
+        faults[name] = int(count) if count else 1
+    _armed = faults or None
+    _seen.clear()
+
+
+def armed(name: str) -> bool:
+    """Count one more pass through point ``name``; True on the pass the fault asks for."""
+    if _armed is None or name not in _armed:
+        return False
+    _seen[name] = _seen.get(name, 0) + 1
+    return _seen[name] == _armed[name]
+
+
+def kill_if(name: str) -> None:
+    """Die by SIGKILL (no cleanup, no ``finally``) when fault ``name`` fires here."""
+    if armed(name):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+arm()

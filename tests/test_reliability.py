@@ -1,0 +1,294 @@
+"""Faults: a run killed at five different points, interrupted, out of disk, or fed a NaN loss.
+
+Each kill is real: a forked child runs :func:`capsv.train.train` with ``CAPSV_FAULT`` set
+(see :mod:`capsv.faults`) and dies by SIGKILL at that exact point. The restart must find
+only loadable checkpoints (``weights_only=True``), continue at the right epoch with the
+optimiser state, log every epoch exactly once, and end with the same weights as an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from capsv import faults
+from capsv.checkpoint import read_checkpoint
+from capsv.train import TrainError, list_checkpoints, train
+
+from speech_like import make_corpus, write_train_list, write_trials
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_EPOCH = 3
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reliab")
+    write_train_list(str(root / "train.txt"), make_corpus(str(root / "train"), 8, 2,
+                                                          seconds=(0.3, 0.5), seed=11))
+    write_trials(str(root / "trials.txt"), make_corpus(str(root / "test"), 2, 2,
+                                                       seconds=(0.3, 0.5), seed=12, prefix="t"))
+    return root
+
+
+def config(data: Path, save_path: Path, **over) -> dict:
+    """Tiny CAP run: 8 speakers x 2 utterances, batches of 3 -> 2 steps per epoch;
+    evaluation at epochs 2 and 3."""
+    cfg = dict(model="ResNetSE34L", encoder_type="CAP", nOut=32, trainfunc="proto",
+               nSpeakers=2, batch_size=3, max_frames=20, eval_frames=20, num_eval=2,
+               optimizer="adam", lr=0.002, max_epoch=MAX_EPOCH, test_interval=2, seed=5,
+               nDataLoaderThread=0, device="cpu", no_progress=True,
+               train_list=str(data / "train.txt"), train_path=str(data / "train"),
+               test_list=str(data / "trials.txt"), test_path=str(data / "test"),
+               save_path=str(save_path))
+    cfg.update(over)
+    return cfg
+
+
+def fork_child(target, log: Path, fault: str = "", setup=None) -> int:
+    """Fork a real process that runs ``target()`` (its return value is the exit code) with
+    CAPSV_FAULT=fault, stdout to ``log`` and stderr to ``log.err``; return its pid.
+    Forking skips a fresh interpreter's seconds of imports."""
+    pid = os.fork()
+    if pid == 0:                                     # child: never returns into pytest
+        code = 1
+        try:
+            for fd, name in ((1, log), (2, Path(str(log) + ".err"))):
+                os.dup2(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            # pytest's capture replaced the sys streams; write to the real descriptors
+            sys.stdout = open(1, "w", buffering=1, closefd=False)
+            sys.stderr = open(2, "w", buffering=1, closefd=False)
+            torch.set_num_threads(1)
+            os.environ["CAPSV_FAULT"] = fault
+            if setup is not None:
+                setup()
+            code = int(target() or 0)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+
+def run_in_child(cfg: dict, fault: str, log: Path) -> int:
+    """``train(cfg)`` in a forked child with CAPSV_FAULT=fault; the child's wait status."""
+    return os.waitpid(fork_child(lambda: train(cfg) and 0, log, fault), 0)[1]
+
+
+def cli_argv(cfg: dict) -> list[str]:
+    """``capsv train`` flags for a config dict."""
+    argv = ["train"]
+    for key, value in cfg.items():
+        if isinstance(value, bool):
+            argv += [f"--{key}"] if value else []
+        elif value is not None:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def assert_all_checkpoints_load(save_path: Path) -> list[int]:
+    epochs = []
+    for epoch, path in list_checkpoints(str(save_path)):
+        ckpt = read_checkpoint(path)                # weights_only=True; raises if damaged
+        assert ckpt["meta"]["epoch"] == epoch
+        epochs.append(epoch)
+    return sorted(epochs)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    torch.set_num_threads(1)
+    save = tmp_path_factory.mktemp("ref")
+    summary = train(config(data, save))
+    ckpt = read_checkpoint(summary.checkpoint)
+    return summary, ckpt
+
+
+# (fault, epochs whose checkpoints survive the kill, first epoch of the restart)
+KILL_POINTS = [
+    ("kill_after_step:3", [1], 2),          # mid-epoch 2 (2 steps per epoch)
+    ("kill_during_eval:1", [1], 2),         # evaluating epoch 2
+    ("kill_during_save:2", [1], 2),         # epoch 2's temp file written, not renamed
+    ("kill_after_save:2", [1, 2], 3),       # epoch 2 in place, epoch 1 not yet removed
+    ("kill_at_epoch_start:3", [2], 3),      # epoch 2 done, epoch 1 (not evaluated) removed
+]
+
+
+@pytest.mark.parametrize("fault,surviving,restart_epoch", KILL_POINTS,
+                         ids=[k[0].split(":")[0] for k in KILL_POINTS])
+def test_sigkill_then_restart_continues_exactly(data, tmp_path, uninterrupted, fault, surviving,
+                                                restart_epoch):
+    save = tmp_path / "run"
+    status = run_in_child(config(data, save), fault, tmp_path / "child.log")
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, \
+        (tmp_path / "child.log").read_text()
+    assert assert_all_checkpoints_load(save) == surviving
+
+    faults.arm("")
+    summary = train(config(data, save))
+    assert summary.first_epoch == restart_epoch
+    assert summary.final_epoch == MAX_EPOCH
+    assert not [n for n in os.listdir(save / "model") if n.endswith(".tmp")]
+    rows = [json.loads(line) for line in (save / "result" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]          # every epoch logged exactly once
+
+    ref_summary, ref = uninterrupted
+    got = read_checkpoint(summary.checkpoint)
+    for name, tensor in ref["model"].items():
+        torch.testing.assert_close(got["model"][name], tensor, rtol=0, atol=1e-6, msg=name)
+    # Adam continued rather than restarted: its step counter covers all 3 epochs.
+    ref_steps = [s["step"] for s in ref["optimizer"]["state"].values()]
+    assert [s["step"] for s in got["optimizer"]["state"].values()] == ref_steps
+    assert float(ref_steps[0]) == 2 * MAX_EPOCH
+    assert got["meta"]["eer"] == pytest.approx(ref["meta"]["eer"])
+
+
+# ------------------------------------------------------------------ SIGINT / SIGTERM
+def test_sigint_and_sigterm_exit_cleanly_and_name_the_checkpoint(data, tmp_path):
+    """Two real `capsv train` processes get SIGINT / SIGTERM after their first checkpoint:
+    exit 130, a message naming the checkpoint, no traceback, every checkpoint loadable, and
+    the rerun continues after it."""
+    from capsv.cli import main as cli_main
+
+    runs = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        cfg = config(data, tmp_path / sig.name, max_epoch=50, test_list=None)
+        log = tmp_path / f"{sig.name}.log"
+        runs[sig] = (cfg, log, fork_child(lambda cfg=cfg: cli_main(cli_argv(cfg)), log))
+    for sig, (cfg, log, pid) in runs.items():
+        first = Path(cfg["save_path"]) / "model" / "model000000001.model"
+        deadline = time.time() + 60
+        while not first.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(pid, sig)
+    for sig, (cfg, log, pid) in runs.items():
+        status = os.waitpid(pid, 0)[1]
+        out, err = log.read_text(), Path(str(log) + ".err").read_text()
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 130, (sig, out, err)
+        assert "Traceback" not in err and "capsv train: interrupted" in err, err
+        assert "Rerun the same command to continue" in out and "the last checkpoint is" in out
+        epochs = assert_all_checkpoints_load(Path(cfg["save_path"]))
+        assert epochs and epochs[-1] >= 1
+        faults.arm("")
+        summary = train(dict(cfg, max_epoch=epochs[-1] + 1))
+        assert summary.first_epoch == epochs[-1] + 1
+
+
+# ------------------------------------------------------------------ disk full
+def _limit_file_size():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(data, tmp_path):
+    """Epoch 1 is saved normally; epoch 2's write hits a 64 KiB file-size limit (as a full
+    disk would): a clear error, exit 2, epoch 1's checkpoint intact, no temp file left."""
+    from capsv.cli import main as cli_main
+
+    save = tmp_path / "run"
+    faults.arm("")
+    train(config(data, save, max_epoch=1, test_list=None))
+    before = (save / "model" / "model000000001.model").read_bytes()
+    log = tmp_path / "child.log"
+    argv = cli_argv(config(data, save, max_epoch=2, test_list=None))
+    status = os.waitpid(fork_child(lambda: cli_main(argv), log, setup=_limit_file_size), 0)[1]
+    err = Path(str(log) + ".err").read_text()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 2, err
+    assert "cannot write checkpoint" in err and "model000000002.model" in err
+    assert "model000000001.model is intact" in err
+    assert "Traceback" not in err
+    assert (save / "model" / "model000000001.model").read_bytes() == before
+    assert sorted(os.listdir(save / "model")) == ["model000000001.model"]
+    assert_all_checkpoints_load(save)
+
+
+# ------------------------------------------------------------------ NaN / inf loss
+def test_nan_loss_stops_training_without_a_checkpoint(data, tmp_path, capsys):
+    save = tmp_path / "run"
+    faults.arm("")
+    train(config(data, save, max_epoch=1, test_list=None))
+    faults_env = os.environ.get("CAPSV_FAULT")
+    os.environ["CAPSV_FAULT"] = "nan_loss:2"        # the 2nd step of this process: epoch 2
+    try:
+        with pytest.raises(TrainError, match=r"epoch 2 step 2: the loss is nan .*--max_bad_steps 0"):
+            train(config(data, save, max_epoch=2, test_list=None))
+    finally:
+        os.environ.pop("CAPSV_FAULT")
+        if faults_env is not None:
+            os.environ["CAPSV_FAULT"] = faults_env
+        faults.arm("")
+    assert assert_all_checkpoints_load(save) == [1]
+
+
+def test_nan_loss_steps_are_skipped_up_to_max_bad_steps(data, tmp_path, capsys):
+    save = tmp_path / "run"
+    os.environ["CAPSV_FAULT"] = "nan_loss:1"
+    try:
+        summary = train(config(data, save, max_epoch=1, test_list=None, max_bad_steps=1))
+    finally:
+        os.environ.pop("CAPSV_FAULT")
+        faults.arm("")
+    assert "warning: epoch 1 step 1: the loss is nan; step skipped" in capsys.readouterr().out
+    ckpt = read_checkpoint(summary.checkpoint)
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+    # one of the two steps was skipped: Adam stepped once
+    assert [float(s["step"]) for s in ckpt["optimizer"]["state"].values()][0] == 1.0
+    row = json.loads((save / "result" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["skipped_steps"] == 1
+
+
+def test_non_finite_weights_are_never_saved(data, tmp_path, monkeypatch):
+    """Even if NaN got into the weights some other way, the epoch's checkpoint is refused."""
+    import capsv.train as train_module
+
+    original = train_module.train_one_epoch
+
+    def poisoned(net, *args, **kwargs):
+        stats = original(net, *args, **kwargs)
+        with torch.no_grad():
+            next(net.parameters()).fill_(float("inf"))
+        return stats
+
+    monkeypatch.setattr(train_module, "train_one_epoch", poisoned)
+    save = tmp_path / "run"
+    faults.arm("")
+    with pytest.raises(TrainError, match="non-finite weights"):
+        train(config(data, save, max_epoch=1, test_list=None))
+    assert list_checkpoints(str(save)) == []
+
+
+# ------------------------------------------------------------------ determinism
+def test_same_seed_gives_the_same_first_epoch_losses(data, tmp_path):
+    """Two separate processes, same seed, CPU: identical per-epoch losses (bitwise)."""
+    code = ("import json, sys, torch; torch.set_num_threads(1); from capsv.train import train; "
+            "train(json.loads(sys.argv[1]))")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    env.pop("CAPSV_FAULT", None)
+    procs = [subprocess.Popen([sys.executable, "-c", code,
+                               json.dumps(config(data, tmp_path / name, max_epoch=2, test_list=None))],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for name in ("a", "b")]                # both at once: 2 cores
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+        proc.stderr.close()
+    losses = [[json.loads(r)["loss"] for r in
+               (tmp_path / name / "result" / "metrics.jsonl").read_text().splitlines()]
+              for name in ("a", "b")]
+    assert len(losses[0]) == 2
+    assert losses[0] == losses[1]
+    cfg = config(data, tmp_path / "c", max_epoch=1, test_list=None, seed=6)
+    faults.arm("")
+    other = train(cfg)
+    assert other.loss != losses[0][0]          # the seed matters: the check can fail
