@@ -53,7 +53,10 @@ class LogMelFrontEnd(nn.Module):
         return 1 + n_samples // self.hop_length
 
     @torch.no_grad()
+    @torch.autocast("cpu", enabled=False)
+    @torch.autocast("cuda", enabled=False)
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        # float32 even under --mixedprec: the log of a bf16/fp16 mel power loses the detail.
         if wave.dim() == 1:
             wave = wave.unsqueeze(0)
         spec = torch.stft(wave.float(), n_fft=self.n_fft, hop_length=self.hop_length,
