@@ -17,6 +17,8 @@ Files under ``save_path``:
   one JSON object per epoch.
 Every write is atomic (temp file + rename). A run restarts from the newest loadable
 checkpoint in ``save_path`` (a killed run loses at most the epoch in progress).
+Under ``torchrun`` the same loop runs on every rank with DDP (see :mod:`capsv.distributed`);
+``--mixedprec``/``--compile``: :mod:`capsv.precision`.
 """
 from __future__ import annotations
 
