@@ -111,15 +111,6 @@ def total(value: int, dist: Dist, device: torch.device) -> int:
     return int(t.item())
 
 
-def all_finite(ok: bool, dist: Dist, device: torch.device) -> bool:
-    """True only if ``ok`` on every rank (so all ranks stop together instead of hanging)."""
-    if not dist.enabled:
-        return ok
-    t = torch.tensor([0 if ok else 1], dtype=torch.int64, device=device)
-    torch_dist.all_reduce(t)
-    return int(t.item()) == 0
-
-
 def reduce_epoch(stats, dist: Dist, device: torch.device):
     """Epoch statistics of all ranks: loss/accuracy/parts averaged, crops summed (in place)."""
     if not dist.enabled:
