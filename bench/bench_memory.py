@@ -49,9 +49,11 @@ def measure(n_trials: int, n_files: int = 5000, frames: int = 13) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, help="(internal) one measurement")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[58_000, 580_000],
+                        help="trial counts to measure, each in a fresh process (default: %(default)s)")
     args = parser.parse_args()
     if args.trials:
         measure(args.trials)
         sys.exit(0)
-    for n in (58_000, 580_000):
+    for n in args.sizes:
         subprocess.run([sys.executable, __file__, "--trials", str(n)], check=True)

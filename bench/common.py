@@ -12,6 +12,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
+# CAPSV_BENCH_THREADS=1: one intra-op thread, for numbers on a machine shared with other work
+# (2-thread timings on a busy 2-core box measure the neighbours more than the code).
+if os.environ.get("CAPSV_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["CAPSV_BENCH_THREADS"]))
+
 
 def cpu_model() -> str:
     try:

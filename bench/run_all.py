@@ -12,11 +12,17 @@ import sys
 
 from common import machine
 
+# --quick: smaller runs of the long benchmarks, so the whole set takes minutes on 2 cores.
+QUICK_ARGS = {"bench_memory.py": ["--sizes", "58000", "116000"],
+              "bench_train.py": ["--batch", "8", "--steps", "2", "--compile_timeout", "240"],
+              "bench_convert.py": ["--files", "200"]}
+
 SCRIPTS = ["bench_cap_scoring.py", "bench_extract.py", "bench_input_pipeline.py",
            "bench_train.py", "bench_memory.py", "bench_convert.py", "bench_synth.py"]
 
 
 def main() -> int:
+    quick = "--quick" in sys.argv[1:]
     here = os.path.dirname(os.path.abspath(__file__))
     print("machine:", json.dumps(machine()), flush=True)
     failed = []
@@ -24,8 +30,9 @@ def main() -> int:
         path = os.path.join(here, script)
         if not os.path.exists(path):
             continue
-        print(f"== {script}", flush=True)
-        if subprocess.run([sys.executable, path], cwd=here).returncode != 0:
+        extra = QUICK_ARGS.get(script, []) if quick else []
+        print(f"== {script} {' '.join(extra)}".rstrip(), flush=True)
+        if subprocess.run([sys.executable, path, *extra], cwd=here).returncode != 0:
             failed.append(script)
     if failed:
         print("failed:", ", ".join(failed))

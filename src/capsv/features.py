@@ -53,8 +53,12 @@ class LogMelFrontEnd(nn.Module):
         return 1 + n_samples // self.hop_length
 
     @torch.no_grad()
+    @torch.autocast("cpu", enabled=False)
+    @torch.autocast("cuda", enabled=False)
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        """``log(mel + 1e-6)`` before instance normalisation: (B, n_mels, frames)."""
+        """``log(mel + 1e-6)`` before instance normalisation: (B, n_mels, frames).
+
+        float32 even under --mixedprec: the log of a bf16/fp16 mel power loses the detail."""
         if wave.dim() == 1:
             wave = wave.unsqueeze(0)
         spec = torch.stft(wave.float(), n_fft=self.n_fft, hop_length=self.hop_length,
@@ -66,5 +70,7 @@ class LogMelFrontEnd(nn.Module):
         return torch.log(mel + self.floor)
 
     @torch.no_grad()
+    @torch.autocast("cpu", enabled=False)
+    @torch.autocast("cuda", enabled=False)
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         return F.instance_norm(self.log_mel(wave), eps=self.norm_eps)

@@ -17,6 +17,8 @@ Files under ``save_path``:
   one JSON object per epoch.
 Every write is atomic (temp file + rename). A run restarts from the newest loadable
 checkpoint in ``save_path`` (a killed run loses at most the epoch in progress).
+Under ``torchrun`` the same loop runs on every rank with DDP (see :mod:`capsv.distributed`);
+``--mixedprec``/``--compile``: :mod:`capsv.precision`.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import faults
+from . import distributed, faults, precision
 from .checkpoint import (is_capsv, load_state_strict, read_checkpoint, save_checkpoint,
                          split_reference_state)
 from .data.dataset import TrainCrops, TrainList, build_augmenter, make_train_loader
@@ -100,6 +102,8 @@ class TrainConfig:
     save_path: str = "./data/exp1"
     initial_model: str = ""
     device: str = "auto"
+    mixedprec: bool = False
+    compile: bool = False
     no_progress: bool = False
     tensorboard: bool = False
 
@@ -419,7 +423,10 @@ def _check_bad_step(cfg: TrainConfig, epoch: int, step: int, loss, skipped: int)
 
 
 def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: int,
-                    device: torch.device, progress: bool) -> EpochStats:
+                    device: torch.device, progress: bool, step=None, scaler=None) -> EpochStats:
+    """One pass over this process's batches. ``step``: the (DDP-wrapped) module of
+    :func:`capsv.distributed.wrap`; ``scaler``: a :class:`capsv.precision.Scaler`."""
+    scaler = scaler or precision.Scaler(device, False)
     net.train()
     objective.train()
     lr = current_lr(optimizer)
@@ -434,7 +441,10 @@ def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: 
         for waves, labels in loader:
             waves = waves.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            out = forward_batch(net, objective, waves, labels, cfg.batch_size, cfg.per_group_bn)
+            with precision.autocast(device, cfg.mixedprec):
+                out = (forward_batch(net, objective, waves, labels, cfg.batch_size,
+                                     cfg.per_group_bn) if step is None
+                       else distributed.as_loss_output(step(waves, labels)))
             optimizer.zero_grad(set_to_none=True)
             if faults.armed("nan_loss"):
                 out.loss = out.loss * float("nan")
@@ -443,8 +453,8 @@ def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: 
                 _check_bad_step(cfg, epoch, steps + skipped, out.loss, skipped)
                 bar.update(1)
                 continue
-            out.loss.backward()
-            optimizer.step()
+            scaler.backward(out.loss)
+            scaler.step(optimizer)
             faults.kill_if("kill_after_step")
 
             loss_sum += out.loss.detach()
@@ -542,8 +552,13 @@ def _describe_run(log: RunLog, cfg: TrainConfig, train_list: TrainList, sampler,
              f"{mode}")
 
 
-def _evaluate(cfg: TrainConfig, net: SpeakerNet, device, progress: bool, log: RunLog) -> dict:
+def _evaluate(cfg: TrainConfig, net: SpeakerNet, device, progress: bool, log: RunLog,
+              dist=distributed.Dist()) -> dict:
     log.info(f"evaluating on {cfg.test_list}")
+    if dist.enabled:
+        return distributed.evaluate_sharded(net, cfg.test_list, cfg.test_path, cfg.eval_frames,
+                                            cfg.num_eval, dist, device, cfg.nDataLoaderThread,
+                                            progress)
     result = evaluate_list(net, cfg.test_list, cfg.test_path, cfg.eval_frames, cfg.num_eval,
                            device=device, workers=cfg.nDataLoaderThread, progress=progress,
                            on_bad_audio=cfg.on_bad_audio)
@@ -591,16 +606,25 @@ def train(args) -> TrainSummary:
     """Train (or continue training) as configured by ``args``: a Namespace, dict or TrainConfig."""
     wall_start = time.time()
     cfg = TrainConfig.from_any(args)
-    progress = not cfg.no_progress
-    device = resolve_device(cfg.device)
+    dist, device = distributed.setup(cfg.device)     # torchrun: one process per device
+    summary = _train(cfg, dist, device, wall_start)  # on error torchrun stops the other ranks
+    distributed.teardown(dist)
+    return summary
+
+
+def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
+    main = dist.is_main                               # rank 0 alone writes and shows progress
+    progress = not cfg.no_progress and main
     os.makedirs(os.path.join(cfg.save_path, "model"), exist_ok=True)
-    _remove_stale_temp_files(os.path.join(cfg.save_path, "model"))
-    log = RunLog(cfg.save_path, cfg.tensorboard)
+    if main:
+        _remove_stale_temp_files(os.path.join(cfg.save_path, "model"))
+    log = RunLog(cfg.save_path, cfg.tensorboard) if main else distributed.QuietLog()
 
     # Data first: every bad input is reported before the model is built.
     train_list = TrainList.read(cfg.train_list, cfg.train_path)
     sampler = SpeakerBatchSampler(train_list.labels, cfg.batch_size, cfg.nSpeakers,
-                                  cfg.max_seg_per_spk, seed=cfg.seed)
+                                  cfg.max_seg_per_spk, seed=cfg.seed, rank=dist.rank,
+                                  world_size=dist.world_size)
     augment = build_augmenter(cfg.musan_path, cfg.rir_path) if cfg.augment else None
     dataset = TrainCrops(train_list.paths, train_list.labels, cfg.max_frames, cfg.seed, augment,
                          on_bad_audio=cfg.on_bad_audio)
@@ -615,13 +639,20 @@ def train(args) -> TrainSummary:
     objective.check(net.pairwise, cfg.nSpeakers, cfg.encoder_type)
     optimizer, scheduler = make_optimizer(cfg, list(net.parameters()) + list(objective.parameters()))
     first_epoch, resumed_from, meta, owned = _resume(cfg, net, objective, optimizer, scheduler, log)
+    precision.maybe_compile(net.backbone, cfg.compile)
+    step = distributed.wrap(net, objective, cfg.batch_size, cfg.per_group_bn, dist, device)
+    scaler = precision.Scaler(device, cfg.mixedprec)
 
     log.header(cfg, f"(resumed from {resumed_from})" if resumed_from else "(new run)")
-    _truncate_metrics(log.metrics, first_epoch - 1)
+    if main:
+        _truncate_metrics(log.metrics, first_epoch - 1)
     train_sha = train_list.sha256()
     if meta.get("train_list_sha256") not in (None, train_sha):
         log.info("warning: the train list changed since the checkpoint was written")
     _describe_run(log, cfg, train_list, sampler, device, first_epoch)
+    if dist.enabled:
+        log.info(f"DistributedDataParallel over {dist.world_size} processes: a step takes "
+                 f"{dist.world_size} batches of {cfg.batch_size} speakers (one per process)")
     if first_epoch > cfg.max_epoch:
         log.info(f"already at epoch {first_epoch - 1} >= --max_epoch {cfg.max_epoch}; nothing to do")
 
@@ -636,12 +667,14 @@ def train(args) -> TrainSummary:
             faults.kill_if("kill_at_epoch_start")
             sampler.set_epoch(epoch)
             dataset.set_epoch(epoch)
-            stats = train_one_epoch(net, objective, optimizer, loader, cfg, epoch, device, progress)
+            stats = train_one_epoch(net, objective, optimizer, loader, cfg, epoch, device, progress,
+                                    step, scaler)
+            distributed.reduce_epoch(stats, dist, device)   # the schedule sees the global loss
             seconds, crops = seconds + stats.seconds, crops + stats.crops
             scheduler.step(stats.loss)
             metrics = None
             if evaluating and (epoch % cfg.test_interval == 0 or epoch == cfg.max_epoch):
-                metrics = _evaluate(cfg, net, device, progress, log)
+                metrics = _evaluate(cfg, net, device, progress, log, dist)
                 meta.update(eer_threshold=metrics["EER_threshold"], eer=metrics["EER"],
                             min_dcf=metrics["minDCF_p0.05"], eval_epoch=epoch)
             meta.update(epoch=epoch, train_list_sha256=train_sha,
@@ -649,8 +682,11 @@ def train(args) -> TrainSummary:
             # Log first: a kill before the checkpoint lands only leaves a row that the
             # restart truncates and redoes; the other order would lose the row for good.
             log.epoch(stats, metrics)
-            ckpt = previous = _save_epoch(cfg, epoch, net, objective, optimizer, scheduler, meta,
-                                          previous)
+            if main:
+                ckpt = previous = _save_epoch(cfg, epoch, net, objective, optimizer, scheduler,
+                                              meta, previous)
+            else:
+                ckpt = checkpoint_path(cfg.save_path, epoch)
     except KeyboardInterrupt:
         log.info(f"interrupted during epoch {epoch}: its partial work is dropped; the last "
                  f"checkpoint is {ckpt or '(none yet)'}. Rerun the same command to continue.")

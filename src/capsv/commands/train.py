@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from ..distributed import from_env
 from ..losses import LOSSES
 from ..train import TrainConfig, train
 from .common import add_eval_args, add_model_args, add_runtime_args
@@ -19,6 +20,16 @@ loss plus an optional global classifier, SGD with ReduceLROnPlateau, evaluation 
 Runs resume by themselves: started again with the same --save_path, training continues from
 the newest checkpoint in save_path/model. Outputs: save_path/model/model%09d.model
 (checkpoints), save_path/result/scores.txt (log) and save_path/result/metrics.jsonl.
+
+Several processes or machines (DistributedDataParallel; gloo on CPU, nccl on GPU):
+  torchrun --nproc_per_node 4 $(which capsv) train --config ... [same flags]
+  (--nnodes/--node_rank/--master_addr for several machines). Each process takes every N-th
+  batch of the epoch's plan, so one step consumes N batches of --batch_size speakers and an
+  epoch is still one pass over the same data: with N processes an epoch has N times fewer
+  steps, each on N times more speakers (gradients averaged), and the LR schedule, which steps
+  on the epoch loss averaged over all processes, does not depend on N. BatchNorm statistics
+  are per process. Rank 0 alone writes checkpoints and logs; evaluation extracts features on
+  all processes and scores on rank 0. A killed job resumes the same way as a single process.
 
 example (the paper's CAP model):
   capsv train --config configs/ResNetSE34L_CAP.yaml --save_path exps/cap \\
@@ -80,6 +91,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "as the original does (per-group BatchNorm statistics; exact parity, "
                         "slower). Default: one forward over all crops")
 
+    g = p.add_argument_group("speed")
+    g.add_argument("--mixedprec", action="store_true",
+                   help="mixed precision: float16 + gradient scaling on CUDA, bfloat16 on CPU "
+                        "(faster only on CPUs with bf16 units); the log-mel stays float32")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbone (slow first steps; see bench/RESULTS.md)")
+
     g = p.add_argument_group("files")
     g.add_argument("--save_path", help="run folder: model/ and result/ (default: %(default)s)")
     g.add_argument("--initial_model",
@@ -99,6 +117,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     summary = train(args)
+    if not from_env().is_main:          # under torchrun, rank 0 alone reports
+        return 0
     if summary.metrics:
         print(f"EER {summary.metrics['EER']:.4f}  MinDCF(p=0.05) "
               f"{summary.metrics['minDCF_p0.05']:.5f}  (epoch {summary.metrics.get('epoch', summary.final_epoch)})")
