@@ -88,11 +88,28 @@ def _rms_of_spectrum(spec: np.ndarray, size: int) -> float:
     return float(np.sqrt(power) / size)
 
 
+def fft_size(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n (numpy's FFT is fast for these)."""
+    best = 1 << int(np.ceil(np.log2(n)))
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            size = p35
+            while size < n:
+                size *= 2
+            best = min(best, size)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 def _coloured_noise_spectrum(size: int, slope: float, rng: np.random.Generator) -> np.ndarray:
     """Spectrum of ``size`` samples of Gaussian noise with power ~ f^-slope, unit RMS."""
     m = size // 2 + 1
-    spec = rng.standard_normal(m) + 1j * rng.standard_normal(m)
-    spec *= np.maximum(np.fft.rfftfreq(size, 1.0 / SR), 20.0) ** (-slope / 2.0)
+    spec = rng.standard_normal((m, 2)).view(np.complex128)[:, 0]
+    log_f = np.log(np.maximum(np.arange(m) * (SR / size), 20.0))
+    spec *= np.exp(log_f * (-slope / 2.0))
     return spec / _rms_of_spectrum(spec, size)
 
 
@@ -101,19 +118,21 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _music(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Sustained notes with harmonics, changing every 0.25-0.8 s."""
+    """Sustained notes with four harmonics each, changing every 0.25-0.8 s."""
     out = np.zeros(n)
-    t = np.arange(n) / SR
     start = 0
     while start < n:
-        length = int(rng.uniform(0.25, 0.8) * SR)
-        seg = slice(start, min(start + length, n))
+        stop = min(start + int(rng.uniform(0.25, 0.8) * SR), n)
+        t = np.arange(start, stop) / SR
         for note in rng.integers(-24, 13, size=3):
             f0 = 440.0 * 2.0 ** (note / 12.0)
-            for h in range(1, 5):
+            z = np.exp(1j * (2 * np.pi * f0 * t + rng.uniform(0, 6.3)))
+            harmonic = z.copy()
+            for h in range(1, 5):                   # z^h: the h-th harmonic, no more exp calls
                 if f0 * h < SR / 2:
-                    out[seg] += np.sin(2 * np.pi * f0 * h * t[seg] + rng.uniform(0, 6.3)) / h ** 1.5
-        start += length
+                    out[start:stop] += harmonic.imag / h ** 1.5
+                harmonic *= z
+        start = stop
     return out
 
 
@@ -149,7 +168,7 @@ def apply_channel(dry: np.ndarray, channel: Channel, rng: np.random.Generator) -
     is 0.9 of full scale.
     """
     n = len(dry)
-    size = 1 << int(np.ceil(np.log2(n + len(channel.rir))))
+    size = fft_size(n + len(channel.rir))
     spec = np.fft.rfft(dry, size)
     if len(channel.rir) > 1:
         spec *= np.fft.rfft(channel.rir, size)

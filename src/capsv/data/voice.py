@@ -288,9 +288,17 @@ def utterance_tracks(traits: SpeakerTraits, state: SpeakingState, n_frames: int,
 # ---------------------------------------------------------------------------------------------
 # Signal: glottal source, STFT-domain filtering
 
+_RAMP = np.arange(HOP) / HOP
+
+
 def _frame_to_samples(track: np.ndarray, n_samples: int) -> np.ndarray:
-    """Linear interpolation of a per-frame track (frame i centred at i*HOP) to samples."""
-    return np.interp(np.arange(n_samples), np.arange(len(track)) * HOP, track)
+    """Linear interpolation of a per-frame track (frame i sits at sample i*HOP) to samples.
+
+    Frames are evenly spaced, so this is one broadcast over (frames, HOP), not a search.
+    """
+    track = np.append(track, track[-1])
+    steps = track[:-1, None] + (track[1:] - track[:-1])[:, None] * _RAMP
+    return steps.reshape(-1)[:n_samples]
 
 
 def pulse_shape(traits: SpeakerTraits, points: int = 1024) -> np.ndarray:
