@@ -39,9 +39,10 @@ class DemoPlan:
     eval_frames: int = 200
     num_eval: int = 5
     lr: float = 0.002
+    segs_per_speaker: int = 0    # utterances per speaker per epoch (0: all); smaller epochs stop closer to the budget
 
 
-FULL = DemoPlan(DEMO_CORPUS, max_epochs=12, budget_s=200.0)
+FULL = DemoPlan(DEMO_CORPUS, max_epochs=12, budget_s=120.0, num_eval=3, segs_per_speaker=6)
 QUICK = DemoPlan(dataclasses.replace(DEMO_CORPUS, speakers=24, test_speakers=10, utterances=12,
                                      min_seconds=1.5, max_seconds=2.5, trials=300),
                  max_epochs=6, budget_s=35.0, max_frames=80, batch_size=12, eval_frames=150,
@@ -65,7 +66,7 @@ def _train_model(encoder: str, plan: DemoPlan, corpus_dir: str, exp_dir: str, pr
     (checkpoint, seconds, crops/s, epochs)."""
     base = dict(model="ResNetSE34L", encoder_type=encoder, trainfunc="proto", global_clf=True,
                 nSpeakers=3, batch_size=plan.batch_size, max_frames=plan.max_frames,
-                max_seg_per_spk=plan.corpus.utterances, optimizer="adam", lr=plan.lr,
+                max_seg_per_spk=plan.segs_per_speaker or plan.corpus.utterances, optimizer="adam", lr=plan.lr,
                 train_list=os.path.join(corpus_dir, "train_list.txt"), train_path=corpus_dir,
                 test_list=None, save_path=exp_dir, nDataLoaderThread=1, seed=0,
                 test_interval=10**6, no_progress=not progress)
