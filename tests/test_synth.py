@@ -203,6 +203,11 @@ def test_impossible_settings_fail_before_writing(tmp_path):
         generate_corpus(replace(TINY, trials=1000), str(tmp_path / "x"), progress=False)
     with pytest.raises(SynthError, match="min_seconds"):
         generate_corpus(replace(TINY, min_seconds=3.0, max_seconds=2.0), str(tmp_path / "x"))
+    # One clip per session leaves no same-session pair to draw.
+    one_per_session = replace(TINY, utterances=2, min_sessions=2, max_sessions=2, trials=2,
+                              same_session_targets=1.0)
+    with pytest.raises(SynthError, match="distinct target pairs"):
+        generate_corpus(one_per_session, str(tmp_path / "x"), progress=False)
     assert not (tmp_path / "x").exists()
 
 

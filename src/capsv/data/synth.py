@@ -99,9 +99,11 @@ class CorpusConfig:
                 raise SynthError(message)
         pairs = self.test_speakers * self.utterances * (self.utterances - 1) // 2
         if self.trials // 2 > pairs // 2:
-            raise SynthError(f"{self.trials} trials need {self.trials // 2} target pairs, but "
+            raise SynthError(f"{self.trials} trials need {self.trials // 2} distinct target pairs, but "
                              f"{self.test_speakers} test speakers x {self.utterances} utterances "
-                             f"give only {pairs}; lower --trials or raise --utterances / --test_speakers")
+                             f"allow at most {pairs // 2} (half of their {pairs} same-speaker pairs); "
+                             f"lower --trials to {2 * (pairs // 2)} or less, or raise --utterances / "
+                             "--test_speakers")
 
     def audio_seconds(self) -> float:
         """Expected seconds of audio in the corpus."""
@@ -399,7 +401,11 @@ def _write_all(config: CorpusConfig, plans: list[SpeakerPlan], out_dir: str, wor
 
 def generate_corpus(config: CorpusConfig, out_dir: str, workers: int | None = None,
                     progress: bool = True) -> CorpusSummary:
-    """Generate (or finish, or confirm) the corpus in ``out_dir``; see the module docstring."""
+    """Generate (or finish, or confirm) the corpus in ``out_dir``; see the module docstring.
+
+    ``workers`` > 1 runs speakers in spawned processes (safe beside torch's threads); a
+    script that calls this needs the usual ``if __name__ == "__main__":`` guard then.
+    """
     config.validate()
     workers = default_workers() if workers is None else max(1, int(workers))
     plans = plan_corpus(config)
@@ -409,12 +415,12 @@ def generate_corpus(config: CorpusConfig, out_dir: str, workers: int | None = No
     if status == "done":
         return CorpusSummary(out_dir, "done", n_files, total_seconds, workers=workers)
     start = time.perf_counter()
+    trials = make_trials(config, plans)          # before anything is written: fails fast
     os.makedirs(out_dir, exist_ok=True)
     if status == "resume":
         _remove_stale_temp_files(out_dir)
     else:
         atomic_write_text(os.path.join(out_dir, MANIFEST), json.dumps(_manifest(config), indent=2) + "\n")
-    trials = make_trials(config, plans)                # before the audio: fails fast if impossible
     written, seconds = _write_all(config, plans, out_dir, workers, progress)
     atomic_write_text(os.path.join(out_dir, TRAIN_LIST), "\n".join(train_lines(plans)) + "\n")
     atomic_write_text(os.path.join(out_dir, TRIAL_LIST),

@@ -101,7 +101,10 @@ class SpeakerTraits:
 def draw_speaker(rng: np.random.Generator) -> SpeakerTraits:
     """Population model: two sexes with overlapping distributions of every trait."""
     female = bool(rng.random() < 0.5)
-    lognorm = lambda median, sd: float(median * np.exp(sd * rng.standard_normal()))  # noqa: E731
+
+    def lognorm(median: float, sd: float) -> float:
+        return float(median * np.exp(sd * rng.standard_normal()))
+
     vtl = lognorm(1.16 if female else 1.0, 0.08)
     return SpeakerTraits(
         female=female,
