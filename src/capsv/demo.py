@@ -42,7 +42,7 @@ class DemoPlan:
     segs_per_speaker: int = 0    # utterances per speaker per epoch (0: all); smaller epochs stop closer to the budget
 
 
-FULL = DemoPlan(DEMO_CORPUS, max_epochs=12, budget_s=120.0, num_eval=3, segs_per_speaker=6)
+FULL = DemoPlan(DEMO_CORPUS, max_epochs=40, budget_s=220.0, num_eval=3, segs_per_speaker=6)
 QUICK = DemoPlan(dataclasses.replace(DEMO_CORPUS, speakers=24, test_speakers=10, utterances=12,
                                      min_seconds=1.5, max_seconds=2.5, trials=300),
                  max_epochs=6, budget_s=35.0, max_frames=80, batch_size=12, eval_frames=150,
