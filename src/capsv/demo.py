@@ -7,8 +7,8 @@ held-out speakers' trials with both models and with a hand-made mean-MFCC baseli
 side-by-side table and writes a report folder (DET curves, score histograms, scores, metrics).
 
 The training recipe is the paper's (NP loss + global classifier, nSpeakers 3) scaled down to
-CPU minutes: 1 s crops, 16 speakers per batch, Adam. Evaluation uses 5 crops of 2 s per file
-instead of 10 of 3.5 s, because the demo's utterances are 2-4 s long.
+CPU minutes: 1 s crops, 16 speakers per batch, Adam. Evaluation uses 3 crops of 2 s per file
+(quick: 1.5 s) instead of 10 of 3.5 s, because the demo's utterances are 2-4 s long.
 """
 from __future__ import annotations
 
