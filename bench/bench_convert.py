@@ -12,20 +12,10 @@ import shutil
 import tempfile
 import time
 
-import av
 import numpy as np
 
+from capsv.audio import write_m4a
 from capsv.data.convert import convert_tree, find_files
-
-
-def write_m4a(path: str, samples: np.ndarray, rate: int = 16000) -> None:
-    with av.open(path, "w", format="ipod") as container:
-        stream = container.add_stream("aac", rate=rate)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
-        frame.sample_rate = rate
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
 
 
 def make_corpus(root: str, files: int, seconds: float) -> None:

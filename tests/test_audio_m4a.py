@@ -1,27 +1,12 @@
 """AAC (.m4a) input through PyAV, and seek-based training crops from WAV/FLAC."""
 from __future__ import annotations
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
 
 from capsv.audio import (AudioError, audio_info, crop_samples, load_audio, load_m4a,
-                         load_random_crop, pad_each_side)
-
-
-def write_m4a(path, samples: np.ndarray, rate: int) -> None:
-    """Encode float samples in [-1, 1] as mono AAC in an MP4 (.m4a) container."""
-    with av.open(str(path), "w", format="ipod") as out:
-        stream = out.add_stream("aac", rate=rate)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(samples[None, :].astype(np.float32), format="flt",
-                                           layout="mono")
-        frame.sample_rate = rate
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+                         load_random_crop, pad_each_side, write_m4a)
 
 
 def _tone(seconds: float, rate: int = 16000) -> np.ndarray:

@@ -326,3 +326,23 @@ def load_m4a(path: str, expected_rate: int | None = SAMPLE_RATE) -> np.ndarray:
     if not chunks or sum(len(c) for c in chunks) == 0:
         raise AudioError(f"{path}: the file holds no audio samples")
     return np.concatenate(chunks)
+
+
+def write_m4a(path: str, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:
+    """Encode mono samples as AAC in an MP4 (.m4a) container with PyAV (VoxCeleb2's format).
+
+    ``samples``: int16 values, or floats in [-1, 1]. Used to build m4a test and benchmark data.
+    """
+    import av
+
+    if samples.dtype == np.int16:
+        data, fmt = samples[None, :], "s16"
+    else:
+        data, fmt = samples[None, :].astype(np.float32), "flt"
+    with av.open(str(path), "w", format="ipod") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(data, format=fmt, layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
