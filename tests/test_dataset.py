@@ -73,7 +73,7 @@ def _batches(corpus, workers: int, epoch: int):
     loader = make_train_loader(dataset, sampler, workers)
     sampler.set_epoch(epoch)
     dataset.set_epoch(epoch)
-    return [(w.clone(), l.clone()) for w, l in loader]
+    return [(w.clone(), l.clone()) for w, l, _bad in loader]
 
 
 def test_loader_batches_are_reproducible_and_independent_of_workers(corpus):

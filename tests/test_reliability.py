@@ -156,34 +156,101 @@ def test_sigkill_then_restart_continues_exactly(data, tmp_path, uninterrupted, f
 
 
 # ------------------------------------------------------------------ SIGINT / SIGTERM
-def test_sigint_and_sigterm_exit_cleanly_and_name_the_checkpoint(data, tmp_path):
-    """Two real `capsv train` processes get SIGINT / SIGTERM after their first checkpoint:
-    exit 130, a message naming the checkpoint, no traceback, every checkpoint loadable, and
-    the rerun continues after it."""
-    from capsv.cli import main as cli_main
+def start_cli(cfg: dict, fault: str = "") -> subprocess.Popen:
+    """A real ``python -m capsv.cli train ...`` in its own process group, so that a signal
+    to the group reaches its DataLoader worker too, as a terminal's Ctrl-C does."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1", CAPSV_FAULT=fault)
+    return subprocess.Popen([sys.executable, "-m", "capsv.cli", *cli_argv(cfg)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
-    runs = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        cfg = config(data, tmp_path / sig.name, max_epoch=50, test_list=None)
-        log = tmp_path / f"{sig.name}.log"
-        runs[sig] = (cfg, log, fork_child(lambda cfg=cfg: cli_main(cli_argv(cfg)), log))
-    for sig, (cfg, log, pid) in runs.items():
-        first = Path(cfg["save_path"]) / "model" / "model000000001.model"
-        deadline = time.time() + 60
-        while not first.exists() and time.time() < deadline:
-            time.sleep(0.05)
-        os.kill(pid, sig)
-    for sig, (cfg, log, pid) in runs.items():
-        status = os.waitpid(pid, 0)[1]
-        out, err = log.read_text(), Path(str(log) + ".err").read_text()
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 130, (sig, out, err)
-        assert "Traceback" not in err and "capsv train: interrupted" in err, err
-        assert "Rerun the same command to continue" in out and "the last checkpoint is" in out
-        epochs = assert_all_checkpoints_load(Path(cfg["save_path"]))
-        assert epochs and epochs[-1] >= 1
-        faults.arm("")
-        summary = train(dict(cfg, max_epoch=epochs[-1] + 1))
-        assert summary.first_epoch == epochs[-1] + 1
+
+def wait_until_paused(proc: subprocess.Popen) -> None:
+    """Read the child's stderr up to the line of the ``pause_after_step`` hook."""
+    seen = []
+    for line in proc.stderr:
+        if line.startswith("capsv-fault: paused"):
+            return
+        seen.append(line)
+    proc.wait()
+    raise AssertionError("the run never paused:\n" + "".join(seen) + proc.stdout.read())
+
+
+def metric_rows(save_path) -> list[dict]:
+    return [json.loads(line) for line in
+            (Path(save_path) / "result" / "metrics.jsonl").read_text().splitlines()]
+
+
+# (signal, hook, epoch and step where it lands, epoch checkpoints on disk then)
+SIGNAL_POINTS = [
+    (signal.SIGINT, "pause_after_step:3", 2, 1, [1]),     # mid-epoch 2 (2 steps per epoch)
+    (signal.SIGTERM, "pause_after_step:2", 1, 2, []),     # epoch 1 trained, not yet saved
+]
+
+
+@pytest.mark.parametrize("sig,fault,epoch,step,surviving", SIGNAL_POINTS,
+                         ids=[p[0].name for p in SIGNAL_POINTS])
+def test_signal_saves_where_it_stopped_and_the_rerun_ends_bit_identical(
+        data, tmp_path, uninterrupted, sig, fault, epoch, step, surviving):
+    """SIGINT/SIGTERM to a real `capsv train` (and its DataLoader worker) at an exact step:
+    the step finishes, ``interrupted%09d.model`` is written with the position in the epoch,
+    one stderr line names it, exit 128+signal. The same command then continues mid-epoch and
+    ends with exactly the weights, optimiser, scheduler and losses of a run never stopped."""
+    cfg = config(data, tmp_path / "run", nDataLoaderThread=1)
+    proc = start_cli(cfg, fault)
+    wait_until_paused(proc)
+    os.killpg(proc.pid, sig)
+    out, err = proc.communicate(timeout=120)
+    path = tmp_path / "run" / "model" / ("interrupted%09d.model" % epoch)
+    assert proc.returncode == 128 + sig, out + err
+    assert f"capsv train: interrupted by {sig.name} at epoch {epoch}, step {step} of 2: saved " \
+           f"{path}; run the same command again to continue from there" in err.splitlines(), err
+    assert "Traceback" not in err and "Error" not in err, err
+    saved = read_checkpoint(str(path))                     # weights_only=True
+    assert saved["position"]["ranks"][0]["position"] == step
+    assert {"optimizer", "scheduler", "loss", "rng"} <= set(saved)
+    assert assert_all_checkpoints_load(tmp_path / "run") == surviving
+
+    rerun = start_cli(cfg)                                 # the very same command
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, out + err
+    assert f"resumed from {path} (epoch {epoch}, after step {step} of 2" in out
+    assert not path.exists()                               # superseded by the epoch checkpoint
+    ref_summary, ref = uninterrupted
+    got = read_checkpoint(str(tmp_path / "run" / "model" / "model000000003.model"))
+    for key in ("model", "loss"):
+        for name, tensor in ref[key].items():
+            assert torch.equal(got[key][name], tensor), (key, name)
+    for index, state in ref["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(got["optimizer"]["state"][index][key], value), (index, key)
+    assert got["scheduler"] == ref["scheduler"]
+    ref_rows, rows = metric_rows(ref_summary.save_path), metric_rows(tmp_path / "run")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for key in ("loss", "acc", "lr", "steps", "EER"):
+        assert [r.get(key) for r in rows] == [r.get(key) for r in ref_rows], key
+
+
+def test_a_second_signal_stops_at_once_and_leaves_only_loadable_checkpoints(data, tmp_path):
+    """Two SIGINTs in a row: the second may land before, during or after the interrupted
+    checkpoint is written; whichever, exit 130, no temp file, every file on disk loads."""
+    cfg = config(data, tmp_path / "run", test_list=None)
+    proc = start_cli(cfg, "pause_after_step:3")
+    wait_until_paused(proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "capsv train: interrupted by SIGINT" in err and "Traceback" not in err, err
+    folder = tmp_path / "run" / "model"
+    assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]
+    for name in os.listdir(folder):
+        read_checkpoint(str(folder / name))
+    assert assert_all_checkpoints_load(tmp_path / "run") == [1]
+    faults.arm("")
+    assert train(cfg).final_epoch == MAX_EPOCH
 
 
 # ------------------------------------------------------------------ disk full

@@ -56,6 +56,17 @@ def test_plan_is_deterministic_for_seed_and_epoch():
     assert list(a) != list(c)
 
 
+def test_an_interrupted_epoch_continues_with_the_batches_it_had_not_reached():
+    labels = _labels(COUNTS)
+    sampler = SpeakerBatchSampler(labels, 4, 3, 20, seed=5, rank=1, world_size=2)
+    sampler.set_epoch(3)
+    whole = list(sampler)
+    sampler.set_epoch(3, start=2)
+    assert len(whole) > 2 and list(sampler) == whole[2:] and len(sampler) == len(whole) - 2
+    sampler.set_epoch(4)                          # the next epoch starts from its beginning
+    assert len(sampler) == len(sampler.local_batches())
+
+
 def test_skipped_speakers_are_counted_and_logged():
     sampler = SpeakerBatchSampler(_labels(COUNTS), 4, 3, 20)
     assert sampler.skipped_speakers == [0, 1]

@@ -56,9 +56,11 @@ def run_command(name: str, argv: list[str], prog: str | None = None) -> int:
     except CapsvError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # capsv.train.TrainInterrupted says which checkpoint to continue from and carries
+        # the shell's code for the signal (130 SIGINT, 143 SIGTERM); a bare Ctrl-C is 130.
+        print(f"{parser.prog}: {str(exc) or 'interrupted'}", file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,6 +111,24 @@ def total(value: int, dist: Dist, device: torch.device) -> int:
     return int(t.item())
 
 
+def max_int(value: int, dist: Dist, device: torch.device) -> int:
+    """The largest ``value`` of all ranks (e.g. a stop flag: one rank's signal stops all)."""
+    if not dist.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def gather(obj, dist: Dist) -> list:
+    """``obj`` of every rank, in rank order, on every rank (picklable objects, CPU tensors)."""
+    if not dist.enabled:
+        return [obj]
+    out = [None] * dist.world_size
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
 def reduce_epoch(stats, dist: Dist, device: torch.device):
     """Epoch statistics of all ranks: loss/accuracy/parts averaged, crops summed (in place)."""
     if not dist.enabled:

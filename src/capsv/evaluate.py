@@ -33,6 +33,7 @@ from tqdm import tqdm
 from . import faults
 from .audio import AudioError, audio_info, eval_crops, load_audio, load_eval_crops
 from .errors import CapsvError
+from .data.dataset import ignore_stop_signals
 from .data.lists import Trial, missing_files, read_audio_list, read_trials, trial_files
 from .metrics import Metrics, compute_metrics
 from .models import SpeakerNet
@@ -107,7 +108,8 @@ MIN_FULL_LENGTH_SAMPLES = 8 * 160 + 240
 
 def _batches_of_files(dataset: EvalCrops, files_per_batch: int, workers: int):
     loader = DataLoader(dataset, batch_size=files_per_batch, num_workers=workers,
-                        collate_fn=list, persistent_workers=False)
+                        collate_fn=list, persistent_workers=False,
+                        worker_init_fn=ignore_stop_signals)   # the parent handles Ctrl-C
     yield from loader
 
 

@@ -13,6 +13,9 @@ Set ``CAPSV_FAULT`` before starting a run; unset (the normal case) every hook is
 - ``kill_during_eval:N``    SIGKILL in the middle of the N-th evaluation (features read,
   trials not yet scored).
 - ``nan_loss:N``            make the loss of the N-th step NaN (not a kill).
+- ``pause_after_step:N``    after the N-th optimiser step, print ``capsv-fault: paused``
+  to stderr and wait (at most a minute) until the run has received SIGINT/SIGTERM: a test
+  then sends the signal at an exact step instead of guessing with sleeps.
 
 This is a test hook, not a feature: it exists so that tests/test_reliability.py can prove
 that no checkpoint on disk is ever unloadable and that a restart continues exactly.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 _armed: dict[str, int] | None = None
 _seen: dict[str, int] = {}
@@ -50,6 +54,18 @@ def kill_if(name: str) -> None:
     """Die by SIGKILL (no cleanup, no ``finally``) when fault ``name`` fires here."""
     if armed(name):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def pause_if(name: str, until, limit_s: float = 60.0) -> None:
+    """When fault ``name`` fires here, announce it on stderr and wait until ``until()`` is
+    true. Short sleeps, not ``signal.pause()``: a signal arriving just before the wait
+    would otherwise be missed and the wait would never end."""
+    if not armed(name):
+        return
+    os.write(2, f"capsv-fault: paused at {name} (pid {os.getpid()})\n".encode())
+    deadline = time.monotonic() + limit_s
+    while not until() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 arm()

@@ -31,7 +31,7 @@ import random
 import re
 import signal
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -51,10 +51,84 @@ from .pooling import POOLINGS
 from .utils import atomic_write_text, resolve_device
 
 CHECKPOINT_RE = re.compile(r"^model(\d{9})\.model$")
+INTERRUPTED_RE = re.compile(r"^interrupted(\d{9})\.model$")
 
 
 class TrainError(CapsvError):
     """A training run that cannot start or continue; the message says why."""
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT (Ctrl-C) or SIGTERM. ``checkpoint``: the file the same
+    command continues from (None if there is none yet); ``signum``: the signal. A
+    KeyboardInterrupt, so code that handles Ctrl-C keeps working; ``str()`` is the message."""
+
+    def __init__(self, message: str, checkpoint: str | None, signum: int):
+        super().__init__(message)
+        self.checkpoint, self.signum = checkpoint, int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for death by a signal: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class StopNow(KeyboardInterrupt):
+    """A second stop signal: leave at once, whatever is in progress."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGINT and SIGTERM while training (a context manager). The first signal is only
+    recorded, so the loop can finish the optimiser step in progress and save exactly where it
+    is (a handler that raised could leave the weights half-updated). A second one raises
+    :class:`StopNow` at once; the checkpoints on disk are intact then too (atomic writes)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        try:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:          # not the main thread: signals stay the caller's business
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise StopNow(signum)
+        self.signum = signum
+        # os.write, not print: print may be in progress in the frame this handler interrupted.
+        os.write(1, f"{signal.Signals(signum).name} received: finishing the current step, then "
+                    "saving a checkpoint and stopping (send it again to stop at once)\n".encode())
+
+    def poll(self, dist, device) -> int:
+        """The signal this process (under DDP: any rank) received, else 0. Under DDP every rank
+        must call it at the same points, so that all of them stop after the same step."""
+        return distributed.max_int(self.signum or 0, dist, device)
+
+
+class TrainStopped(Exception):
+    """Raised by :func:`train_one_epoch` after the step during which a stop signal came."""
+
+    def __init__(self, progress: "EpochProgress", total: int, signum: int):
+        super().__init__(f"stopped at step {progress.position} of {total}")
+        self.progress, self.total, self.signum = progress, total, signum
 
 
 @dataclass
@@ -171,6 +245,65 @@ class EpochStats:
 
 
 @dataclass
+class EpochProgress:
+    """How far this process got into an epoch: the running totals of
+    :func:`train_one_epoch`. An interrupted run saves them (:meth:`to_state`), so that the
+    rerun continues mid-epoch and ends bit-identical to a run that was never stopped."""
+
+    epoch: int
+    position: int = 0               # batches of this rank's share consumed (trained or skipped)
+    steps: int = 0                  # optimiser steps taken
+    skipped: int = 0                # batches skipped for a non-finite loss
+    crops: int = 0
+    seconds: float = 0.0
+    loss_sum: torch.Tensor | None = None   # tensors, as summed: a float would round them
+    acc_sum: torch.Tensor | None = None
+    part_sums: dict = field(default_factory=dict)
+    rng: dict | None = None         # the global RNG states where it stopped
+
+    @classmethod
+    def begin(cls, epoch: int, device) -> "EpochProgress":
+        return cls(epoch, loss_sum=torch.zeros((), device=device),
+                   acc_sum=torch.zeros((), device=device))
+
+    def add(self, out: LossOutput, crops: int) -> None:
+        self.loss_sum += out.loss.detach()
+        for name, value in out.parts.items():
+            self.part_sums[name] = self.part_sums.get(name, 0.0) + value.detach()
+        self.acc_sum += out.top1
+        self.steps += 1
+        self.crops += crops
+
+    def to_state(self) -> dict:
+        """Tensors on the CPU and plain numbers: loadable with ``weights_only=True``."""
+        cpu = lambda t: torch.as_tensor(t).detach().cpu()      # noqa: E731
+        return {"epoch": self.epoch, "position": self.position, "steps": self.steps,
+                "skipped": self.skipped, "crops": self.crops, "seconds": self.seconds,
+                "loss_sum": cpu(self.loss_sum), "acc_sum": cpu(self.acc_sum),
+                "part_sums": {k: cpu(v) for k, v in self.part_sums.items()}, "rng": self.rng}
+
+    @classmethod
+    def from_state(cls, state: dict, device) -> "EpochProgress":
+        return cls(int(state["epoch"]), int(state["position"]), int(state["steps"]),
+                   int(state["skipped"]), int(state["crops"]), float(state["seconds"]),
+                   state["loss_sum"].to(device), state["acc_sum"].to(device),
+                   {k: v.to(device) for k, v in state["part_sums"].items()}, state["rng"])
+
+    def stats(self, lr: float) -> EpochStats:
+        if self.steps == 0:
+            raise TrainError(f"epoch {self.epoch} produced no usable batch; see the lines above")
+        loss = self.loss_sum.item() / self.steps
+        if not math.isfinite(loss):
+            raise TrainError(f"epoch {self.epoch}: the loss is {loss}; training diverged, "
+                             "lower --lr")
+        parts = {k: float(v) / self.steps for k, v in self.part_sums.items()}
+        if self.skipped:
+            parts["skipped_steps"] = self.skipped
+        return EpochStats(self.epoch, loss, self.acc_sum.item() / self.steps, lr, self.steps,
+                          self.crops, self.seconds, parts)
+
+
+@dataclass
 class TrainSummary:
     """What :func:`train` returns. ``samples_per_s`` counts training crops per second."""
 
@@ -186,6 +319,7 @@ class TrainSummary:
     samples_per_s: float
     checkpoint: str | None
     resumed_from: str | None
+    skipped_files: list = field(default_factory=list)   # bad audio left out (--on_bad_audio skip)
 
     @property
     def eer(self) -> float | None:
@@ -264,6 +398,11 @@ def seed_everything(seed: int) -> None:
 # --------------------------------------------------------------------------- checkpoints
 def checkpoint_path(save_path: str, epoch: int) -> str:
     return os.path.join(save_path, "model", "model%09d.model" % epoch)
+
+
+def interrupted_path(save_path: str, epoch: int) -> str:
+    """Where a run stopped by a signal during ``epoch`` saves its mid-epoch state."""
+    return os.path.join(save_path, "model", "interrupted%09d.model" % epoch)
 
 
 def list_checkpoints(save_path: str) -> list[tuple[int, str]]:
@@ -422,70 +561,89 @@ def _check_bad_step(cfg: TrainConfig, epoch: int, step: int, loss, skipped: int)
           f"({skipped} of at most {cfg.max_bad_steps} this epoch)", flush=True)
 
 
+def _train_step(net, objective, optimizer, waves, labels, cfg: TrainConfig, device, step,
+                scaler) -> tuple[LossOutput, bool]:
+    """Forward, backward and optimiser step of one batch; (output, whether it was applied).
+    A NaN/inf loss is never applied: the weights stay untouched."""
+    waves = waves.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    with precision.autocast(device, cfg.mixedprec):
+        out = (forward_batch(net, objective, waves, labels, cfg.batch_size, cfg.per_group_bn)
+               if step is None else distributed.as_loss_output(step(waves, labels)))
+    optimizer.zero_grad(set_to_none=True)
+    if faults.armed("nan_loss"):
+        out.loss = out.loss * float("nan")
+    if not torch.isfinite(out.loss):
+        return out, False
+    scaler.backward(out.loss)
+    scaler.step(optimizer)
+    return out, True
+
+
 def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: int,
-                    device: torch.device, progress: bool, step=None, scaler=None) -> EpochStats:
+                    device: torch.device, progress: bool, step=None, scaler=None,
+                    resume: EpochProgress | None = None, stop: StopSignals | None = None,
+                    dist=distributed.Dist()) -> EpochStats:
     """One pass over this process's batches. ``step``: the (DDP-wrapped) module of
-    :func:`capsv.distributed.wrap`; ``scaler``: a :class:`capsv.precision.Scaler`."""
+    :func:`capsv.distributed.wrap`; ``scaler``: a :class:`capsv.precision.Scaler`.
+
+    ``resume``: the progress of an interrupted pass of this epoch (the loader's sampler
+    already skips the batches it covered). ``stop``: polled after every batch; once a signal
+    came, :class:`TrainStopped` carries the progress out instead of a finished epoch."""
     scaler = scaler or precision.Scaler(device, False)
     net.train()
     objective.train()
     lr = current_lr(optimizer)
-    loss_sum = torch.zeros((), device=device)
-    part_sums: dict[str, torch.Tensor] = {}
-    acc_sum = torch.zeros((), device=device)
-    steps, crops, skipped = 0, 0, 0
+    done = resume or EpochProgress.begin(epoch, device)
+    total = done.position + len(loader)
     started = last_shown = time.time()
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", unit="step", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=total, initial=done.position, desc=f"epoch {epoch}", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    batches = iter(loader)
+    if resume is not None and resume.rng is not None:
+        # Creating the iterator drew a seed from the global RNG, as it did in the run that
+        # was stopped; from here on every RNG continues from where that run left off.
+        set_rng_state(resume.rng)
     try:
-        for waves, labels in loader:
-            waves = waves.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            with precision.autocast(device, cfg.mixedprec):
-                out = (forward_batch(net, objective, waves, labels, cfg.batch_size,
-                                     cfg.per_group_bn) if step is None
-                       else distributed.as_loss_output(step(waves, labels)))
-            optimizer.zero_grad(set_to_none=True)
-            if faults.armed("nan_loss"):
-                out.loss = out.loss * float("nan")
-            if not torch.isfinite(out.loss):     # never let a NaN/inf reach the weights
-                skipped += 1
-                _check_bad_step(cfg, epoch, steps + skipped, out.loss, skipped)
-                bar.update(1)
-                continue
-            scaler.backward(out.loss)
-            scaler.step(optimizer)
-            faults.kill_if("kill_after_step")
-
-            loss_sum += out.loss.detach()
-            for name, value in out.parts.items():
-                part_sums[name] = part_sums.get(name, 0.0) + value.detach()
-            acc_sum += out.top1
-            steps += 1
-            crops += waves.shape[0]
+        for waves, labels, bad in batches:
+            if bad:                          # found in whichever process read the batch
+                loader.dataset.note_bad(bad)
+            out, applied = _train_step(net, objective, optimizer, waves, labels, cfg, device,
+                                       step, scaler)
+            if applied:
+                faults.kill_if("kill_after_step")
+                done.add(out, waves.shape[0])
+            else:
+                done.skipped += 1
+                _check_bad_step(cfg, epoch, done.position + 1, out.loss, done.skipped)
+            done.position += 1
             bar.update(1)
-            if time.time() - last_shown > 1.0 or steps == len(loader):
+            if applied:
+                faults.pause_if("pause_after_step",
+                                lambda: stop is None or stop.signum is not None)
+            if done.steps and (time.time() - last_shown > 1.0 or done.position == total):
                 last_shown = time.time()
-                mean_loss = loss_sum.item() / steps
-                if not math.isfinite(mean_loss):
-                    raise TrainError(f"epoch {epoch} step {steps}: the loss is {mean_loss}; "
-                                     "training diverged, lower --lr")
-                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{acc_sum.item() / steps:.2f}%",
-                                crops_per_s=f"{crops / (last_shown - started):.1f}")
+                _show_progress(bar, done, epoch, last_shown - started)
+            signum = stop.poll(dist, device) if stop is not None else 0
+            if signum:
+                done.seconds += time.time() - started
+                done.rng = rng_state()
+                raise TrainStopped(done, total, signum)
     except CapsvError as exc:
         raise _clean_worker_error(exc) from None
     finally:
         bar.close()
-    if steps == 0:
-        raise TrainError(f"epoch {epoch} produced no usable batch; see the lines above")
-    loss = loss_sum.item() / steps
-    if not math.isfinite(loss):
-        raise TrainError(f"epoch {epoch}: the loss is {loss}; training diverged, lower --lr")
-    parts = {k: float(v) / steps for k, v in part_sums.items()}
-    if skipped:
-        parts["skipped_steps"] = skipped
-    return EpochStats(epoch, loss, acc_sum.item() / steps, lr, steps, crops, time.time() - started,
-                      parts)
+    done.seconds += time.time() - started
+    return done.stats(lr)
+
+
+def _show_progress(bar, done: EpochProgress, epoch: int, seconds: float) -> None:
+    mean_loss = done.loss_sum.item() / done.steps
+    if not math.isfinite(mean_loss):
+        raise TrainError(f"epoch {epoch} step {done.position}: the loss is {mean_loss}; "
+                         "training diverged, lower --lr")
+    bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{done.acc_sum.item() / done.steps:.2f}%",
+                    crops_per_s=f"{done.crops / max(seconds, 1e-9):.1f}")
 
 
 def _prepare_evaluation(cfg: TrainConfig, log: RunLog) -> bool:
@@ -497,22 +655,72 @@ def _prepare_evaluation(cfg: TrainConfig, log: RunLog) -> bool:
     return True
 
 
-def _resume(cfg, net, objective, optimizer, scheduler, log: RunLog):
-    """(first epoch to run, checkpoint path, its meta, whether capsv wrote it) from
-    save_path's newest loadable checkpoint, else from --initial_model."""
+@dataclass
+class Resumed:
+    """Where :func:`_resume` found the run."""
+
+    first_epoch: int = 1
+    path: str | None = None           # the checkpoint continued from
+    meta: dict = field(default_factory=dict)
+    previous: str | None = None       # newest epoch checkpoint capsv wrote (pruned when superseded)
+    progress: EpochProgress | None = None    # this rank's position in an interrupted epoch
+
+
+def _resume(cfg, net, objective, optimizer, scheduler, scaler, dist, device, log: RunLog) -> Resumed:
+    """Continue from save_path: an interrupted epoch's checkpoint if it follows the newest
+    loadable epoch checkpoint, else that epoch checkpoint, else --initial_model."""
     found = latest_checkpoint(cfg.save_path, log=log.info)
+    done = found[0] if found else 0
+    previous = found[1] if found and is_capsv(found[2]) else None
+    partial = _interrupted_checkpoint(cfg.save_path, done + 1, dist.world_size, log)
+    if (partial or found) and cfg.initial_model:
+        log.info(f"--initial_model {cfg.initial_model} ignored: continuing the run in {cfg.save_path}")
+    if partial is not None:
+        path, ckpt = partial
+        _load_training_state(cfg, net, objective, optimizer, scheduler, scaler, path, ckpt)
+        position = ckpt["position"]
+        progress = EpochProgress.from_state(position["ranks"][dist.rank], device)
+        log.info(f"resumed from {path} (epoch {done + 1}, after step {progress.position} of "
+                 f"{position['steps_per_epoch']}, LR {current_lr(optimizer):g})")
+        return Resumed(done + 1, path, dict(ckpt.get("meta", {})), previous, progress)
     if found is None:
         if cfg.initial_model:
             load_initial_model(cfg.initial_model, net, objective, log.info)
             log.info(f"initial weights from {cfg.initial_model}")
-        return 1, None, {}, False
+        return Resumed()
     epoch, path, ckpt = found
-    if cfg.initial_model:
-        log.info(f"--initial_model {cfg.initial_model} ignored: continuing the run in {cfg.save_path}")
     if not is_capsv(ckpt):      # a run of the reference code: weights only
         load_initial_model(path, net, objective, log.info)
         log.info(f"resuming a reference-format run from {path}: optimiser state starts fresh")
-        return epoch + 1, path, {}, False
+        return Resumed(epoch + 1, path)
+    _load_training_state(cfg, net, objective, optimizer, scheduler, scaler, path, ckpt)
+    log.info(f"resumed from {path} (epoch {epoch}, LR {current_lr(optimizer):g})")
+    return Resumed(epoch + 1, path, dict(ckpt.get("meta", {})), previous)
+
+
+def _interrupted_checkpoint(save_path: str, epoch: int, world_size: int, log: RunLog):
+    """(path, contents) of the loadable interrupted checkpoint of ``epoch``, else None. One of
+    an earlier epoch is stale (that epoch's own checkpoint was written) and is not looked at."""
+    path = interrupted_path(save_path, epoch)
+    if not os.path.exists(path):
+        return None
+    try:
+        ckpt = read_checkpoint(path)
+    except CapsvError as exc:
+        log.info(f"warning: {exc}; epoch {epoch} restarts from its beginning")
+        return None
+    written_by = ckpt.get("position", {}).get("world_size")
+    if written_by != world_size:
+        log.info(f"warning: {path} was written by {written_by} process(es), this run has "
+                 f"{world_size}: the batches per process differ, so epoch {epoch} restarts "
+                 "from its beginning")
+        return None
+    return path, ckpt
+
+
+def _load_training_state(cfg, net, objective, optimizer, scheduler, scaler, path: str,
+                         ckpt: dict) -> None:
+    """Weights, loss parameters, optimiser, scheduler, grad scaler and RNGs of a capsv checkpoint."""
     if dict(ckpt["model_config"]) != net.config:
         raise TrainError(f"{cfg.save_path} holds a run of {ckpt['model_config']}, not "
                          f"{net.config}; use another --save_path")
@@ -528,10 +736,9 @@ def _resume(cfg, net, objective, optimizer, scheduler, log: RunLog):
             f"{cfg.global_clf} --optimizer {cfg.optimizer} and this train list (the run used "
             f"{was}; {str(exc).splitlines()[0]}); restore those flags or use another "
             "--save_path") from None
+    scaler.load_state_dict(ckpt.get("scaler", {}))
     if "rng" in ckpt:
         set_rng_state(ckpt["rng"])
-    log.info(f"resumed from {path} (epoch {epoch}, LR {current_lr(optimizer):g})")
-    return epoch + 1, path, dict(ckpt.get("meta", {})), True
 
 
 def _describe_run(log: RunLog, cfg: TrainConfig, train_list: TrainList, sampler, device,
@@ -566,40 +773,88 @@ def _evaluate(cfg: TrainConfig, net: SpeakerNet, device, progress: bool, log: Ru
     return {k: getattr(v, "item", lambda v=v: v)() for k, v in result.metrics.as_dict().items()}
 
 
-def _save_epoch(cfg: TrainConfig, epoch: int, net, objective, optimizer, scheduler, meta: dict,
-                previous: str | None) -> str:
-    """Write this epoch's checkpoint; remove ``previous`` unless its epoch was evaluated."""
-    path = checkpoint_path(cfg.save_path, epoch)
+def _write_checkpoint(path: str, what: str, cfg: TrainConfig, net, objective, optimizer,
+                      scheduler, scaler, meta: dict, previous: str | None, **extra) -> None:
+    """Write a full training checkpoint atomically; never one with non-finite weights."""
     bad = [name for name, t in net.state_dict().items()
            if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
-        raise TrainError(f"epoch {epoch}: non-finite weights in {', '.join(bad[:5])}; not writing "
+        raise TrainError(f"{what}: non-finite weights in {', '.join(bad[:5])}; not writing "
                          f"{path}. The last good checkpoint is {previous or 'none'}")
     try:
         save_checkpoint(path, net, meta, optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), loss=objective.state_dict(),
-                        rng=rng_state(), train_config=asdict(cfg))
+                        scaler=scaler.state_dict(), rng=rng_state(), train_config=asdict(cfg),
+                        **extra)
     except (OSError, RuntimeError) as exc:    # disk full, file too large, I/O error
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrainError(f"cannot write checkpoint {path} ({detail}); the previous checkpoint "
                          f"{previous or '(none)'} is intact. Free disk space and rerun the same "
                          "command to continue") from None
+
+
+def _save_epoch(cfg: TrainConfig, epoch: int, net, objective, optimizer, scheduler, scaler,
+                meta: dict, previous: str | None) -> str:
+    """Write this epoch's checkpoint; remove ``previous`` unless its epoch was evaluated,
+    and the interrupted checkpoint of this epoch, which it supersedes."""
+    path = checkpoint_path(cfg.save_path, epoch)
+    _write_checkpoint(path, f"epoch {epoch}", cfg, net, objective, optimizer, scheduler, scaler,
+                      meta, previous)
     faults.kill_if("kill_after_save")
     if previous and previous != path and os.path.exists(previous):
         previous_epoch = int(CHECKPOINT_RE.match(os.path.basename(previous)).group(1))
         if previous_epoch % cfg.test_interval != 0:
             os.unlink(previous)
+    _remove_interrupted(cfg.save_path, epoch)
     return path
 
 
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler's stop) ends the run like Ctrl-C: between two statements, with
-    the last checkpoint intact and a message. Returns the function that restores the handler."""
-    try:
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    except ValueError:            # not the main thread: leave signals alone
-        return lambda: None
-    return lambda: signal.signal(signal.SIGTERM, previous)
+def _remove_interrupted(save_path: str, up_to_epoch: int) -> None:
+    folder = os.path.join(save_path, "model")
+    for name in os.listdir(folder):
+        m = INTERRUPTED_RE.match(name)
+        if m and int(m.group(1)) <= up_to_epoch:
+            os.unlink(os.path.join(folder, name))
+
+
+def _save_interrupted(cfg: TrainConfig, stopped: TrainStopped, net, objective, optimizer,
+                      scheduler, scaler, meta: dict, previous: str | None, dist,
+                      log) -> TrainInterrupted:
+    """Rank 0 writes ``interrupted%09d.model``: the full training state plus every rank's
+    position and running totals in the epoch; all ranks wait for it. Returns the exception
+    to raise, whose message names the file."""
+    progress = stopped.progress
+    ranks = distributed.gather(progress.to_state(), dist)
+    path = interrupted_path(cfg.save_path, progress.epoch)
+    if dist.is_main:
+        position = {"epoch": progress.epoch, "world_size": dist.world_size,
+                    "steps_per_epoch": stopped.total, "ranks": ranks}
+        _write_checkpoint(path, f"epoch {progress.epoch} step {progress.position}", cfg, net,
+                          objective, optimizer, scheduler, scaler, meta, previous,
+                          position=position)
+    distributed.barrier(dist)
+    name = signal.Signals(stopped.signum).name
+    message = (f"interrupted by {name} at epoch {progress.epoch}, step {progress.position} of "
+               f"{stopped.total}: saved {path}; run the same command again to continue from there")
+    log.info(message)
+    return TrainInterrupted(message, path, stopped.signum)
+
+
+def _stopped_at_once(signum: int, epoch: int, ckpt: str | None, log) -> TrainInterrupted:
+    name = signal.Signals(signum).name
+    message = (f"interrupted by {name} during epoch {epoch}, stopped at once: the work since "
+               f"{ckpt or 'the start'} is lost; run the same command again to continue"
+               f"{' from ' + ckpt if ckpt else ''}")
+    log.info(message)
+    return TrainInterrupted(message, ckpt, signum)
+
+
+def _stopped_between_epochs(signum: int, epoch: int, ckpt: str | None, log) -> TrainInterrupted:
+    name = signal.Signals(signum).name
+    message = (f"interrupted by {name} before epoch {epoch}: {ckpt or 'no checkpoint yet'} holds "
+               "all finished epochs; run the same command again to continue")
+    log.info(message)
+    return TrainInterrupted(message, ckpt, signum)
 
 
 def train(args) -> TrainSummary:
@@ -638,10 +893,11 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
                           cfg.margin, cfg.scale).to(device)
     objective.check(net.pairwise, cfg.nSpeakers, cfg.encoder_type)
     optimizer, scheduler = make_optimizer(cfg, list(net.parameters()) + list(objective.parameters()))
-    first_epoch, resumed_from, meta, owned = _resume(cfg, net, objective, optimizer, scheduler, log)
+    scaler = precision.Scaler(device, cfg.mixedprec)
+    resumed = _resume(cfg, net, objective, optimizer, scheduler, scaler, dist, device, log)
+    first_epoch, resumed_from, meta = resumed.first_epoch, resumed.path, resumed.meta
     precision.maybe_compile(net.backbone, cfg.compile)
     step = distributed.wrap(net, objective, cfg.batch_size, cfg.per_group_bn, dist, device)
-    scaler = precision.Scaler(device, cfg.mixedprec)
 
     log.header(cfg, f"(resumed from {resumed_from})" if resumed_from else "(new run)")
     if main:
@@ -657,46 +913,52 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
         log.info(f"already at epoch {first_epoch - 1} >= --max_epoch {cfg.max_epoch}; nothing to do")
 
     stats, metrics, ckpt = None, None, resumed_from
-    previous = resumed_from if owned else None      # never delete files capsv did not write
+    previous = resumed.previous                     # never delete files capsv did not write
     seconds, crops = 0.0, 0
     faults.arm()
-    restore_sigterm = _sigterm_as_interrupt()
     epoch = first_epoch
-    try:
-        for epoch in range(first_epoch, cfg.max_epoch + 1):
-            faults.kill_if("kill_at_epoch_start")
-            sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
-            stats = train_one_epoch(net, objective, optimizer, loader, cfg, epoch, device, progress,
-                                    step, scaler)
-            distributed.reduce_epoch(stats, dist, device)   # the schedule sees the global loss
-            seconds, crops = seconds + stats.seconds, crops + stats.crops
-            scheduler.step(stats.loss)
-            metrics = None
-            if evaluating and (epoch % cfg.test_interval == 0 or epoch == cfg.max_epoch):
-                metrics = _evaluate(cfg, net, device, progress, log, dist)
-                meta.update(eer_threshold=metrics["EER_threshold"], eer=metrics["EER"],
-                            min_dcf=metrics["minDCF_p0.05"], eval_epoch=epoch)
-            meta.update(epoch=epoch, train_list_sha256=train_sha,
-                        n_train_speakers=train_list.n_speakers)
-            # Log first: a kill before the checkpoint lands only leaves a row that the
-            # restart truncates and redoes; the other order would lose the row for good.
-            log.epoch(stats, metrics)
-            if main:
-                ckpt = previous = _save_epoch(cfg, epoch, net, objective, optimizer, scheduler,
-                                              meta, previous)
-            else:
-                ckpt = checkpoint_path(cfg.save_path, epoch)
-    except KeyboardInterrupt:
-        log.info(f"interrupted during epoch {epoch}: its partial work is dropped; the last "
-                 f"checkpoint is {ckpt or '(none yet)'}. Rerun the same command to continue.")
-        raise
-    finally:
-        restore_sigterm()
-        log.close()
+    with StopSignals() as stop:
+        try:
+            for epoch in range(first_epoch, cfg.max_epoch + 1):
+                signum = stop.poll(dist, device)        # came during the last evaluation or save
+                if signum:
+                    raise _stopped_between_epochs(signum, epoch, ckpt, log)
+                faults.kill_if("kill_at_epoch_start")
+                start = resumed.progress if epoch == first_epoch else None
+                sampler.set_epoch(epoch, start.position if start else 0)
+                dataset.set_epoch(epoch)
+                try:
+                    stats = train_one_epoch(net, objective, optimizer, loader, cfg, epoch, device,
+                                            progress, step, scaler, start, stop, dist)
+                except TrainStopped as stopped:
+                    raise _save_interrupted(cfg, stopped, net, objective, optimizer, scheduler,
+                                            scaler, meta, previous, dist, log) from None
+                distributed.reduce_epoch(stats, dist, device)   # the schedule sees the global loss
+                seconds, crops = seconds + stats.seconds, crops + stats.crops
+                scheduler.step(stats.loss)
+                metrics = None
+                if evaluating and (epoch % cfg.test_interval == 0 or epoch == cfg.max_epoch):
+                    metrics = _evaluate(cfg, net, device, progress, log, dist)
+                    meta.update(eer_threshold=metrics["EER_threshold"], eer=metrics["EER"],
+                                min_dcf=metrics["minDCF_p0.05"], eval_epoch=epoch)
+                meta.update(epoch=epoch, train_list_sha256=train_sha,
+                            n_train_speakers=train_list.n_speakers)
+                # Log first: a kill before the checkpoint lands only leaves a row that the
+                # restart truncates and redoes; the other order would lose the row for good.
+                log.epoch(stats, metrics)
+                if main:
+                    ckpt = previous = _save_epoch(cfg, epoch, net, objective, optimizer, scheduler,
+                                                  scaler, meta, previous)
+                else:
+                    ckpt = checkpoint_path(cfg.save_path, epoch)
+        except TrainInterrupted:
+            raise
+        except KeyboardInterrupt as exc:      # a second signal, or Ctrl-C outside our handler
+            raise _stopped_at_once(getattr(exc, "signum", signal.SIGINT), epoch, ckpt, log) from None
+        finally:
+            log.close()
 
-    if dataset.bad_files:       # counted here with --nDataLoaderThread 0; workers warn per file
-        log.info(f"skipped {len(dataset.bad_files)} bad training file(s) (--on_bad_audio skip)")
+    skipped_files = _report_bad_files(dataset, dist, log)
     if metrics is None and meta.get("eer") is not None:     # the last evaluation was earlier
         metrics = {"EER": meta["eer"], "EER_threshold": meta["eer_threshold"],
                    "minDCF_p0.05": meta["min_dcf"], "epoch": meta.get("eval_epoch")}
@@ -707,8 +969,18 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
         loss=stats.loss if stats else None, acc=stats.acc if stats else None,
         lr=current_lr(optimizer), metrics=metrics, wall_time_s=time.time() - wall_start,
         samples_per_s=crops / seconds if seconds > 0 else 0.0,
-        checkpoint=ckpt, resumed_from=resumed_from)
+        checkpoint=ckpt, resumed_from=resumed_from, skipped_files=skipped_files)
 
 
-__all__ = ["TrainConfig", "TrainSummary", "TrainError", "train", "forward_batch",
+def _report_bad_files(dataset: TrainCrops, dist, log) -> list[str]:
+    """Every bad file any process skipped (the batches brought them to their rank's
+    training process; under DDP the ranks' lists are merged), with one summary line."""
+    names = sorted(set().union(*distributed.gather(sorted(dataset.bad_files), dist)))
+    if names:
+        shown = ", ".join(names[:10]) + (f", ... {len(names) - 10} more" if len(names) > 10 else "")
+        log.info(f"skipped {len(names)} bad training file(s) (--on_bad_audio skip): {shown}")
+    return names
+
+
+__all__ = ["TrainConfig", "TrainSummary", "TrainError", "TrainInterrupted", "train", "forward_batch",
            "load_initial_model", "latest_checkpoint", "list_checkpoints"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,6 +90,12 @@ class TrainCrops(Dataset):
 
     ``augment``, if given, is called as ``augment(crop, rng) -> crop`` (same length) with the
     crop's own generator.
+
+    With ``on_bad_audio="skip"`` a bad file is replaced by the next readable utterance of the
+    same speaker. Which files were bad travels with the data (``_item``, :func:`collate_crops`)
+    rather than living in this object: in a DataLoader worker this object is a copy that the
+    training process never sees. The training loop hands each batch's list to
+    :meth:`note_bad`, which warns once per file and keeps :attr:`bad_files`.
     """
 
     def __init__(self, paths: list[str], labels: list[int], max_frames: int, seed: int = 0,
@@ -97,7 +104,7 @@ class TrainCrops(Dataset):
         self.max_frames, self.seed, self.augment = max_frames, int(seed), augment
         self.on_bad_audio = on_bad_audio
         self.epoch = 0
-        self.bad_files: set[str] = set()      # seen by this process (--on_bad_audio skip)
+        self.bad_files: dict[str, str] = {}   # path -> why (filled by note_bad, in the parent)
 
     def set_epoch(self, epoch: int) -> None:
         """Call before creating the epoch's iterator: workers receive a copy of this state."""
@@ -107,38 +114,56 @@ class TrainCrops(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
+        crop, label, _ = self._item(index)
+        return crop, label
+
+    def __getitems__(self, indices: list[int]) -> list[tuple]:
+        """What the DataLoader fetches per batch: ``(crop, label, bad files)`` per index,
+        for :func:`collate_crops`."""
+        return [self._item(index) for index in indices]
+
+    def _item(self, index: int) -> tuple[torch.Tensor, int, list[tuple[str, str]]]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        crop = self._crop(index, rng)
+        crop, bad = self._crop(index, rng)
         if self.augment is not None:
             crop = self.augment(crop, rng)
-        return torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32)), self.labels[index]
+        crop = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))
+        return crop, self.labels[index], bad
 
+    def _crop(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, list]:
+        """The utterance's crop and the (path, reason) of each bad file met on the way.
 
-    def _crop(self, index: int, rng: np.random.Generator) -> np.ndarray:
-        """The utterance's crop; with ``on_bad_audio="skip"`` a bad file is replaced by the
-        next readable utterance of the same speaker (a warning per file, once)."""
-        try:
-            return load_random_crop(self.paths[index], self.max_frames, rng)
-        except AudioError as exc:
-            if self.on_bad_audio != "skip":
-                raise
-            self._note_bad(self.paths[index], exc)
+        Known-bad files are tried again rather than remembered: a cache would differ between
+        worker processes, and so would the random draws a failed read consumed, so the crops
+        would depend on the number of workers (a bad header fails in microseconds)."""
+        bad: list[tuple[str, str]] = []
         same = [i for i, label in enumerate(self.labels) if label == self.labels[index]]
         start = same.index(index)
-        for other in same[start + 1:] + same[:start]:
-            if self.paths[other] in self.bad_files:
-                continue
+        for other in same[start:] + same[:start]:
             try:
-                return load_random_crop(self.paths[other], self.max_frames, rng)
+                return load_random_crop(self.paths[other], self.max_frames, rng), bad
             except AudioError as exc:
-                self._note_bad(self.paths[other], exc)
+                if self.on_bad_audio != "skip":
+                    raise
+                bad.append((self.paths[other], str(exc)))
         raise TrainDataError(f"every utterance of the speaker of {self.paths[index]} is "
                              "unreadable; remove the speaker from the train list")
 
-    def _note_bad(self, path: str, exc: Exception) -> None:
-        if path not in self.bad_files:
-            self.bad_files.add(path)
-            print(f"warning: skipping bad training file (--on_bad_audio skip): {exc}", flush=True)
+    def note_bad(self, bad: list[tuple[str, str]]) -> None:
+        """Record the bad files a batch met; warn once per file (in the training process)."""
+        for path, why in bad:
+            if path not in self.bad_files:
+                self.bad_files[path] = why
+                print(f"warning: skipping bad training file (--on_bad_audio skip): {why}",
+                      flush=True)
+
+
+def collate_crops(items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """``(waves (N, crop_len), labels (N,), bad files of the batch)``; each bad file once."""
+    waves = torch.stack([item[0] for item in items])
+    labels = torch.tensor([item[1] for item in items], dtype=torch.int64)
+    bad = list(dict.fromkeys(pair for item in items for pair in item[2]))
+    return waves, labels, bad
 
 
 def build_augmenter(musan_path: str, rir_path: str):
@@ -154,9 +179,18 @@ def build_augmenter(musan_path: str, rir_path: str):
     return Augmenter(musan_path, rir_path)
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C (SIGINT to the whole process group) and SIGTERM
+    are for the training process to handle; a worker that died of them would break the
+    batch in flight and the checkpoint the parent saves on its way out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _seed_worker(worker_id: int) -> None:
     """Global RNGs of a worker from (seed, epoch, worker): distinct per worker, and the same
     after a resume (for code that draws from them instead of the crop's own generator)."""
+    ignore_stop_signals()
     dataset = get_worker_info().dataset
     state = np.random.SeedSequence([dataset.seed, dataset.epoch, worker_id]).generate_state(2)
     np.random.seed(int(state[0]))
@@ -166,9 +200,11 @@ def _seed_worker(worker_id: int) -> None:
 
 def make_train_loader(dataset: TrainCrops, sampler: SpeakerBatchSampler, workers: int,
                       pin_memory: bool = False) -> DataLoader:
-    """Batches of ``(waves (M*B, crop_len), labels (M*B,))`` in the sampler's layout.
+    """Batches of ``(waves (M*B, crop_len), labels (M*B,), bad files)`` in the sampler's
+    layout (see :func:`collate_crops`).
 
     Workers are started anew each epoch (after ``set_epoch``), so they see the epoch."""
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, worker_init_fn=_seed_worker,
+                      collate_fn=collate_crops,
                       prefetch_factor=4 if workers > 0 else None, persistent_workers=False)

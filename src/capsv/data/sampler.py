@@ -91,11 +91,13 @@ class SpeakerBatchSampler(Sampler[list[int]]):
                 f"--batch_size {batch_size} needs {batch_size} distinct speakers per batch, but only "
                 f"{len(self.utterances)} speaker(s) have at least --nSpeakers {nSpeakers} utterances "
                 f"({len(self.skipped_speakers)} skipped); lower --batch_size or --nSpeakers")
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
         self._plan: tuple[int, EpochPlan] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Deal ``epoch``'s batches from the ``start``-th of this rank's share on (a run
+        continuing an interrupted epoch skips the batches it already trained on)."""
+        self.epoch, self.start = int(epoch), int(start)
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
         """The global plan of ``epoch`` (default: the current one), computed once and cached."""
@@ -150,10 +152,11 @@ class SpeakerBatchSampler(Sampler[list[int]]):
         return batches[self.rank:usable:self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self.local_batches()
+        yield from self.local_batches()[self.start:]
 
     def __len__(self) -> int:
-        return len(self.local_batches())
+        """The batches still to come this epoch (all of them unless ``start`` was given)."""
+        return max(0, len(self.local_batches()) - self.start)
 
     def describe(self, epoch: int | None = None) -> str:
         """One log line about the epoch's plan, including skipped speakers."""
@@ -162,7 +165,7 @@ class SpeakerBatchSampler(Sampler[list[int]]):
                 f"{plan.groups} groups of {self.nSpeakers} -> {len(plan.batches)} batches of "
                 f"{self.batch_size} speakers ({plan.unused_groups} groups left over)")
         if self.world_size > 1:
-            text += f"; rank {self.rank}/{self.world_size} runs {len(self)} of them"
+            text += f"; rank {self.rank}/{self.world_size} runs {len(self.local_batches(epoch))} of them"
         if self.skipped_speakers:
             text += (f"; {len(self.skipped_speakers)} speaker(s) skipped with fewer than "
                      f"{self.nSpeakers} utterances")
