@@ -170,6 +170,28 @@ def test_skip_refuses_a_speaker_with_no_readable_file(corpus, tmp_path):
         train(cfg)
 
 
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_skipped_training_files_are_counted_whatever_the_number_of_workers(corpus, tmp_path,
+                                                                            capsys, workers):
+    """Speakers 0-2 each have one bad file (always in their group of 2): with 0, 1 or 2
+    DataLoader worker processes, the end-of-run line counts all 3, each warned once over
+    2 epochs, and the summary names them."""
+    root, items = corpus
+    kinds = ["empty", "truncated", "random_bytes"]
+    listed = [x for s in range(3) for x in (items[2 * s], (items[2 * s][0], f"{kinds[s]}.wav"))]
+    write_train_list(str(root / "train_three_bad.txt"), listed + items[6:])
+    cfg = _train_cfg(root, items, "empty", tmp_path / "run", on_bad_audio="skip", max_epoch=2,
+                     train_list=str(root / "train_three_bad.txt"), nDataLoaderThread=workers)
+    faults.arm("")
+    summary = train(cfg)
+    out = capsys.readouterr().out
+    paths = sorted(str(root / "audio" / f"{kind}.wav") for kind in kinds)
+    assert summary.skipped_files == paths
+    assert f"skipped 3 bad training file(s) (--on_bad_audio skip): {', '.join(paths)}" in out
+    assert out.count("warning: skipping bad training file") == 3
+    assert all(path in out for path in paths)
+
+
 # ----------------------------------------------------------------- usable but unusual files
 def _write_ok(path: Path, kind: str) -> np.ndarray:
     """Write ``kind``; return the mono int16-scale samples a correct reader must return."""
