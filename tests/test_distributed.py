@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +63,8 @@ def _config(root: Path) -> dict:
                 no_progress=True, seed=3)
 
 
-def _torchrun(config: dict, save_path: Path, max_epoch: int, out: Path) -> str:
+def _torchrun_command(config: dict, save_path: Path, max_epoch: int, out: Path, fault: str = ""):
+    """(argv, env) of ``torchrun --nproc_per_node 2 distributed_worker.py train ...``."""
     argv = ["train", "--save_path", str(save_path), "--max_epoch", str(max_epoch)]
     for key, value in config.items():
         if value is True:
@@ -69,11 +72,14 @@ def _torchrun(config: dict, save_path: Path, max_epoch: int, out: Path) -> str:
         elif value is not False:
             argv += [f"--{key}", str(value)]
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{HERE}", "OMP_NUM_THREADS": "1",
-           "CAPSV_TEST_OUT": str(out)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(HERE / "distributed_worker.py"), *argv],
-        env=env, capture_output=True, text=True, timeout=300)
+           "CAPSV_TEST_OUT": str(out), "CAPSV_FAULT": fault, "CAPSV_FAULT_RANK": "1"}
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            str(HERE / "distributed_worker.py"), *argv], env
+
+
+def _torchrun(config: dict, save_path: Path, max_epoch: int, out: Path) -> str:
+    command, env = _torchrun_command(config, save_path, max_epoch, out)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -143,3 +149,38 @@ def test_torchrun_two_processes_match_the_single_process_math(corpus, tmp_path):
     net.load_state_dict(ckpt["model"])
     single = evaluate_list(net, config["test_list"], config["test_path"], 20, 2, progress=False)
     assert rows[1]["EER"] == pytest.approx(single.metrics.eer, abs=1e-9)
+
+
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(corpus, tmp_path):
+    """SIGTERM to rank 1 alone, paused after its first step: the stop flag is all-reduced
+    after every step, so both ranks stop there (rank 0 would otherwise wait forever in the
+    next gradient all-reduce); rank 0 writes one interrupted checkpoint holding both ranks'
+    positions and totals, and the rerun continues from it to the single-process weights."""
+    torch.set_num_threads(1)
+    config, run = _config(corpus), tmp_path / "run"
+    command, env = _torchrun_command(config, run, 2, tmp_path, fault="pause_after_step:1")
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("capsv-fault: paused"):
+            os.kill(int(re.search(r"pid (\d+)", line).group(1)), signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    err = "".join(seen) + err
+    assert "capsv-fault: paused" in err, out + err
+    path = run / "model" / "interrupted000000001.model"
+    assert f"interrupted by SIGTERM at epoch 1, step 1 of 1: saved {path}" in err, out + err
+    assert sorted(os.listdir(run / "model")) == [path.name]
+    saved = torch.load(path, weights_only=True)["position"]
+    assert saved["world_size"] == 2 and [r["position"] for r in saved["ranks"]] == [1, 1]
+
+    done = tmp_path / "done"
+    done.mkdir()
+    log = _torchrun(config, run, 2, done)
+    assert f"resumed from {path} (epoch 1, after step 1 of 1" in log
+    assert sorted(os.listdir(run / "model")) == ["model000000002.model"]    # 1 superseded
+    rank0 = torch.load(done / "rank0.pt", weights_only=True)
+    for name, value in _single_process_reference(config, epochs=2).items():
+        torch.testing.assert_close(rank0[name], value, rtol=1e-4, atol=1e-5, msg=name)

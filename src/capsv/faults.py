@@ -17,6 +17,8 @@ Set ``CAPSV_FAULT`` before starting a run; unset (the normal case) every hook is
   to stderr and wait (at most a minute) until the run has received SIGINT/SIGTERM: a test
   then sends the signal at an exact step instead of guessing with sleeps.
 
+``CAPSV_FAULT_RANK=R`` arms the faults only in the torchrun process of rank ``R``.
+
 This is a test hook, not a feature: it exists so that tests/test_reliability.py can prove
 that no checkpoint on disk is ever unloadable and that a restart continues exactly.
 """
@@ -34,6 +36,9 @@ def arm(value: str | None = None) -> None:
     """Read ``CAPSV_FAULT`` (or ``value``) and reset the counters; called when a run starts."""
     global _armed
     value = os.environ.get("CAPSV_FAULT", "") if value is None else value
+    only_rank = os.environ.get("CAPSV_FAULT_RANK")
+    if only_rank is not None and only_rank != os.environ.get("RANK", "0"):
+        value = ""                    # under torchrun: this fault is another rank's
     faults: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in value.split(","))):
         name, _, count = item.partition(":")
