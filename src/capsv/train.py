@@ -13,10 +13,14 @@ Files under ``save_path``:
   scheduler, loss parameters, RNG states, ``meta``). The one of the previous epoch is removed
   when a newer one is written unless its epoch is a multiple of ``test_interval``, so the
   evaluated epochs and the newest one stay.
+- ``model/interrupted%09d.model``: written when SIGINT/SIGTERM stops a run mid-epoch (after the
+  optimiser step in progress): the same state plus the position in that epoch and its running
+  sums (:class:`EpochProgress`). Removed once that epoch's own checkpoint is written.
 - ``result/scores.txt``: human-readable log (the reference's format); ``result/metrics.jsonl``:
   one JSON object per epoch.
 Every write is atomic (temp file + rename). A run restarts from the newest loadable
-checkpoint in ``save_path`` (a killed run loses at most the epoch in progress).
+checkpoint in ``save_path``: mid-epoch after a signal (ending bit-identical to a run never
+stopped); a killed run (SIGKILL) loses at most the epoch in progress.
 Under ``torchrun`` the same loop runs on every rank with DDP (see :mod:`capsv.distributed`);
 ``--mixedprec``/``--compile``: :mod:`capsv.precision`.
 """

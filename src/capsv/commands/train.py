@@ -20,6 +20,9 @@ loss plus an optional global classifier, SGD with ReduceLROnPlateau, evaluation 
 Runs resume by themselves: started again with the same --save_path, training continues from
 the newest checkpoint in save_path/model. Outputs: save_path/model/model%09d.model
 (checkpoints), save_path/result/scores.txt (log) and save_path/result/metrics.jsonl.
+Ctrl-C or SIGTERM: the step in progress finishes, save_path/model/interrupted%09d.model is
+written and named, exit status 130/143; the same command continues mid-epoch from it. A
+second Ctrl-C stops at once.
 
 Several processes or machines (DistributedDataParallel; gloo on CPU, nccl on GPU):
   torchrun --nproc_per_node 4 $(which capsv) train --config ... [same flags]
