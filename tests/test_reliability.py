@@ -232,25 +232,58 @@ def test_signal_saves_where_it_stopped_and_the_rerun_ends_bit_identical(
         assert [r.get(key) for r in rows] == [r.get(key) for r in ref_rows], key
 
 
-def test_a_second_signal_stops_at_once_and_leaves_only_loadable_checkpoints(data, tmp_path):
-    """Two SIGINTs in a row: the second may land before, during or after the interrupted
-    checkpoint is written; whichever, exit 130, no temp file, every file on disk loads."""
+def test_from_python_a_signal_raises_train_interrupted_with_the_checkpoint(data, tmp_path):
+    """``train()`` itself (no CLI) raises TrainInterrupted, a KeyboardInterrupt, carrying the
+    checkpoint path and the exit code; a forked process stands in for a user's script."""
     cfg = config(data, tmp_path / "run", test_list=None)
-    proc = start_cli(cfg, "pause_after_step:3")
+    result = tmp_path / "result.json"
+
+    def script() -> int:
+        try:
+            train(cfg)
+        except KeyboardInterrupt as exc:
+            result.write_text(json.dumps({"type": type(exc).__name__, "path": exc.checkpoint,
+                                          "code": exc.exit_code, "message": str(exc)}))
+        return 0
+
+    log = tmp_path / "child.log"
+    pid = fork_child(script, log, fault="pause_after_step:1")
+    err = Path(str(log) + ".err")
+    deadline = time.time() + 60
+    while "capsv-fault: paused" not in (err.read_text() if err.exists() else ""):
+        assert time.time() < deadline, log.read_text()
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGTERM)
+    assert os.waitpid(pid, 0)[1] == 0, err.read_text()
+    got = json.loads(result.read_text())
+    path = str(tmp_path / "run" / "model" / "interrupted000000001.model")
+    assert got["type"] == "TrainInterrupted" and got["path"] == path and got["code"] == 143
+    assert got["message"].startswith("interrupted by SIGTERM at epoch 1, step 1 of 2")
+    assert read_checkpoint(path)["position"]["ranks"][0]["position"] == 1
+
+
+def test_a_second_signal_during_the_save_stops_at_once_and_corrupts_nothing(data, tmp_path):
+    """SIGINT mid-epoch 2, then a second SIGINT while the interrupted checkpoint's temp file
+    is being written: the write is abandoned (temp file removed), exit 130, the message
+    names epoch 1's checkpoint, which is intact, and the rerun continues from it."""
+    cfg = config(data, tmp_path / "run", test_list=None)
+    proc = start_cli(cfg, "pause_after_step:3,pause_during_save:2")   # save 1: epoch 1's
     wait_until_paused(proc)
     os.killpg(proc.pid, signal.SIGINT)
-    time.sleep(0.05)
+    wait_until_paused(proc)
+    folder = tmp_path / "run" / "model"
+    assert [n for n in os.listdir(folder) if n.startswith(".interrupted")]   # mid-write
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
-    assert "capsv train: interrupted by SIGINT" in err and "Traceback" not in err, err
-    folder = tmp_path / "run" / "model"
-    assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]
-    for name in os.listdir(folder):
-        read_checkpoint(str(folder / name))
+    assert (f"capsv train: interrupted by SIGINT during epoch 2, stopped at once: the work since "
+            f"{folder / 'model000000001.model'} is lost") in err, err
+    assert "Traceback" not in err, err
+    assert sorted(os.listdir(folder)) == ["model000000001.model"]      # no temp file left
     assert assert_all_checkpoints_load(tmp_path / "run") == [1]
     faults.arm("")
-    assert train(cfg).final_epoch == MAX_EPOCH
+    summary = train(cfg)
+    assert summary.first_epoch == 2 and summary.final_epoch == MAX_EPOCH
 
 
 # ------------------------------------------------------------------ disk full

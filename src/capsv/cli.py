@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from . import __version__
@@ -57,6 +58,10 @@ def run_command(name: str, argv: list[str], prog: str | None = None) -> int:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
+        # The process is on its way out: one more Ctrl-C must not turn the exit into a
+        # traceback (e.g. from an atexit hook) after the message below.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         # capsv.train.TrainInterrupted says which checkpoint to continue from and carries
         # the shell's code for the signal (130 SIGINT, 143 SIGTERM); a bare Ctrl-C is 130.
         print(f"{parser.prog}: {str(exc) or 'interrupted'}", file=sys.stderr)

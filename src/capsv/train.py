@@ -118,8 +118,9 @@ class StopSignals:
             raise StopNow(signum)
         self.signum = signum
         # os.write, not print: print may be in progress in the frame this handler interrupted.
-        os.write(1, f"{signal.Signals(signum).name} received: finishing the current step, then "
-                    "saving a checkpoint and stopping (send it again to stop at once)\n".encode())
+        os.write(1, f"{signal.Signals(signum).name} received: stopping after the current "
+                    "training step (or after the evaluation and checkpoint in progress) with a "
+                    "checkpoint; send it again to stop at once\n".encode())
 
     def poll(self, dist, device) -> int:
         """The signal this process (under DDP: any rank) received, else 0. Under DDP every rank

@@ -55,7 +55,8 @@ def atomic_torch_save(obj, path: str) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        faults.kill_if("kill_during_save")     # test hook: the temp file exists, not yet renamed
+        faults.kill_if("kill_during_save")     # test hooks: the temp file exists, not yet renamed
+        faults.pause_if("pause_during_save", until=lambda: False)
 
 
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:
