@@ -232,7 +232,8 @@ def test_signal_saves_where_it_stopped_and_the_rerun_ends_bit_identical(
         assert [r.get(key) for r in rows] == [r.get(key) for r in ref_rows], key
 
 
-def test_from_python_a_signal_raises_train_interrupted_with_the_checkpoint(data, tmp_path):
+def test_from_python_a_signal_raises_train_interrupted_with_the_checkpoint(data, tmp_path,
+                                                                          capsys):
     """``train()`` itself (no CLI) raises TrainInterrupted, a KeyboardInterrupt, carrying the
     checkpoint path and the exit code; a forked process stands in for a user's script."""
     cfg = config(data, tmp_path / "run", test_list=None)
@@ -260,6 +261,11 @@ def test_from_python_a_signal_raises_train_interrupted_with_the_checkpoint(data,
     assert got["type"] == "TrainInterrupted" and got["path"] == path and got["code"] == 143
     assert got["message"].startswith("interrupted by SIGTERM at epoch 1, step 1 of 2")
     assert read_checkpoint(path)["position"]["ranks"][0]["position"] == 1
+    # A position within the epoch means nothing under another batch plan: the epoch restarts.
+    faults.arm("")
+    summary = train(dict(cfg, seed=6, max_epoch=1))
+    assert summary.resumed_from is None and summary.first_epoch == 1
+    assert "seed 5 -> 6), so epoch 1 restarts from its beginning" in capsys.readouterr().out
 
 
 def test_a_second_signal_during_the_save_stops_at_once_and_corrupts_nothing(data, tmp_path):

@@ -671,13 +671,23 @@ class Resumed:
     progress: EpochProgress | None = None    # this rank's position in an interrupted epoch
 
 
-def _resume(cfg, net, objective, optimizer, scheduler, scaler, dist, device, log: RunLog) -> Resumed:
+def epoch_plan(cfg: TrainConfig, world_size: int, train_list_sha256: str) -> dict:
+    """What decides which batches a process gets in an epoch: a position within an epoch
+    only means something to a run where all of it is the same."""
+    return {"world_size": world_size, "batch_size": cfg.batch_size, "nSpeakers": cfg.nSpeakers,
+            "max_seg_per_spk": cfg.max_seg_per_spk, "seed": cfg.seed,
+            "train_list_sha256": train_list_sha256}
+
+
+def _resume(cfg, net, objective, optimizer, scheduler, scaler, plan: dict, dist, device,
+            log: RunLog) -> Resumed:
     """Continue from save_path: an interrupted epoch's checkpoint if it follows the newest
-    loadable epoch checkpoint, else that epoch checkpoint, else --initial_model."""
+    loadable epoch checkpoint and has the same ``plan``, else that epoch checkpoint, else
+    --initial_model."""
     found = latest_checkpoint(cfg.save_path, log=log.info)
     done = found[0] if found else 0
     previous = found[1] if found and is_capsv(found[2]) else None
-    partial = _interrupted_checkpoint(cfg.save_path, done + 1, dist.world_size, log)
+    partial = _interrupted_checkpoint(cfg.save_path, done + 1, plan, log)
     if (partial or found) and cfg.initial_model:
         log.info(f"--initial_model {cfg.initial_model} ignored: continuing the run in {cfg.save_path}")
     if partial is not None:
@@ -703,7 +713,7 @@ def _resume(cfg, net, objective, optimizer, scheduler, scaler, dist, device, log
     return Resumed(epoch + 1, path, dict(ckpt.get("meta", {})), previous)
 
 
-def _interrupted_checkpoint(save_path: str, epoch: int, world_size: int, log: RunLog):
+def _interrupted_checkpoint(save_path: str, epoch: int, plan: dict, log: RunLog):
     """(path, contents) of the loadable interrupted checkpoint of ``epoch``, else None. One of
     an earlier epoch is stale (that epoch's own checkpoint was written) and is not looked at."""
     path = interrupted_path(save_path, epoch)
@@ -714,11 +724,11 @@ def _interrupted_checkpoint(save_path: str, epoch: int, world_size: int, log: Ru
     except CapsvError as exc:
         log.info(f"warning: {exc}; epoch {epoch} restarts from its beginning")
         return None
-    written_by = ckpt.get("position", {}).get("world_size")
-    if written_by != world_size:
-        log.info(f"warning: {path} was written by {written_by} process(es), this run has "
-                 f"{world_size}: the batches per process differ, so epoch {epoch} restarts "
-                 "from its beginning")
+    then = ckpt.get("position", {}).get("plan", {})
+    changed = [f"{k} {then.get(k)} -> {v}" for k, v in plan.items() if then.get(k) != v]
+    if changed:
+        log.info(f"warning: not continuing {path} mid-epoch: the batches of the epoch differ "
+                 f"now ({'; '.join(changed)}), so epoch {epoch} restarts from its beginning")
         return None
     return path, ckpt
 
@@ -823,7 +833,7 @@ def _remove_interrupted(save_path: str, up_to_epoch: int) -> None:
 
 
 def _save_interrupted(cfg: TrainConfig, stopped: TrainStopped, net, objective, optimizer,
-                      scheduler, scaler, meta: dict, previous: str | None, dist,
+                      scheduler, scaler, meta: dict, previous: str | None, plan: dict, dist,
                       log) -> TrainInterrupted:
     """Rank 0 writes ``interrupted%09d.model``: the full training state plus every rank's
     position and running totals in the epoch; all ranks wait for it. Returns the exception
@@ -832,7 +842,7 @@ def _save_interrupted(cfg: TrainConfig, stopped: TrainStopped, net, objective, o
     ranks = distributed.gather(progress.to_state(), dist)
     path = interrupted_path(cfg.save_path, progress.epoch)
     if dist.is_main:
-        position = {"epoch": progress.epoch, "world_size": dist.world_size,
+        position = {"epoch": progress.epoch, "world_size": dist.world_size, "plan": plan,
                     "steps_per_epoch": stopped.total, "ranks": ranks}
         _write_checkpoint(path, f"epoch {progress.epoch} step {progress.position}", cfg, net,
                           objective, optimizer, scheduler, scaler, meta, previous,
@@ -899,7 +909,9 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
     objective.check(net.pairwise, cfg.nSpeakers, cfg.encoder_type)
     optimizer, scheduler = make_optimizer(cfg, list(net.parameters()) + list(objective.parameters()))
     scaler = precision.Scaler(device, cfg.mixedprec)
-    resumed = _resume(cfg, net, objective, optimizer, scheduler, scaler, dist, device, log)
+    train_sha = train_list.sha256()
+    plan = epoch_plan(cfg, dist.world_size, train_sha)
+    resumed = _resume(cfg, net, objective, optimizer, scheduler, scaler, plan, dist, device, log)
     first_epoch, resumed_from, meta = resumed.first_epoch, resumed.path, resumed.meta
     precision.maybe_compile(net.backbone, cfg.compile)
     step = distributed.wrap(net, objective, cfg.batch_size, cfg.per_group_bn, dist, device)
@@ -907,7 +919,6 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
     log.header(cfg, f"(resumed from {resumed_from})" if resumed_from else "(new run)")
     if main:
         _truncate_metrics(log.metrics, first_epoch - 1)
-    train_sha = train_list.sha256()
     if meta.get("train_list_sha256") not in (None, train_sha):
         log.info("warning: the train list changed since the checkpoint was written")
     _describe_run(log, cfg, train_list, sampler, device, first_epoch)
@@ -937,7 +948,7 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
                                             progress, step, scaler, start, stop, dist)
                 except TrainStopped as stopped:
                     raise _save_interrupted(cfg, stopped, net, objective, optimizer, scheduler,
-                                            scaler, meta, previous, dist, log) from None
+                                            scaler, meta, previous, plan, dist, log) from None
                 distributed.reduce_epoch(stats, dist, device)   # the schedule sees the global loss
                 seconds, crops = seconds + stats.seconds, crops + stats.crops
                 scheduler.step(stats.loss)
