@@ -735,7 +735,8 @@ def _interrupted_checkpoint(save_path: str, epoch: int, plan: dict, log: RunLog)
 
 def _load_training_state(cfg, net, objective, optimizer, scheduler, scaler, path: str,
                          ckpt: dict) -> None:
-    """Weights, loss parameters, optimiser, scheduler, grad scaler and RNGs of a capsv checkpoint."""
+    """Weights, loss parameters, optimiser, scheduler, grad scaler and RNGs of a capsv
+    checkpoint."""
     if dict(ckpt["model_config"]) != net.config:
         raise TrainError(f"{cfg.save_path} holds a run of {ckpt['model_config']}, not "
                          f"{net.config}; use another --save_path")
@@ -970,7 +971,8 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
         except TrainInterrupted:
             raise
         except KeyboardInterrupt as exc:      # a second signal, or Ctrl-C outside our handler
-            raise _stopped_at_once(getattr(exc, "signum", signal.SIGINT), epoch, ckpt, log) from None
+            signum = getattr(exc, "signum", signal.SIGINT)
+            raise _stopped_at_once(signum, epoch, ckpt, log) from None
         finally:
             log.close()
 
@@ -998,5 +1000,6 @@ def _report_bad_files(dataset: TrainCrops, dist, log) -> list[str]:
     return names
 
 
-__all__ = ["TrainConfig", "TrainSummary", "TrainError", "TrainInterrupted", "train", "forward_batch",
+__all__ = ["TrainConfig", "TrainSummary", "TrainError", "TrainInterrupted", "train",
+           "forward_batch",
            "load_initial_model", "latest_checkpoint", "list_checkpoints"]
