@@ -1001,5 +1001,4 @@ def _report_bad_files(dataset: TrainCrops, dist, log) -> list[str]:
 
 
 __all__ = ["TrainConfig", "TrainSummary", "TrainError", "TrainInterrupted", "train",
-           "forward_batch",
-           "load_initial_model", "latest_checkpoint", "list_checkpoints"]
+           "forward_batch", "load_initial_model", "latest_checkpoint", "list_checkpoints"]
