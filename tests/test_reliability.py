@@ -292,6 +292,22 @@ def test_a_second_signal_during_the_save_stops_at_once_and_corrupts_nothing(data
     assert summary.first_epoch == 2 and summary.final_epoch == MAX_EPOCH
 
 
+def test_a_signal_after_the_last_save_is_not_swallowed(data, tmp_path):
+    """SIGTERM after the last epoch is saved (during its evaluation or save, as a signal to a
+    loop of short runs often lands): the run is complete, but it still exits 143 with the
+    message, so a caller looping over `capsv train` stops instead of starting the next run."""
+    cfg = config(data, tmp_path / "run", test_list=None)
+    proc = start_cli(cfg, "pause_after_run")
+    wait_until_paused(proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out + err
+    folder = tmp_path / "run" / "model"
+    assert (f"interrupted by SIGTERM before epoch {MAX_EPOCH + 1}: "
+            f"{folder / f'model{MAX_EPOCH:09d}.model'} holds all finished epochs") in err, err
+    assert assert_all_checkpoints_load(tmp_path / "run")[-1] == MAX_EPOCH
+
+
 # ------------------------------------------------------------------ disk full
 def _limit_file_size():
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # a write past the limit fails with EFBIG

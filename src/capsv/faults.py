@@ -16,6 +16,8 @@ Set ``CAPSV_FAULT`` before starting a run; unset (the normal case) every hook is
 - ``pause_after_step:N``    after the N-th optimiser step, print ``capsv-fault: paused``
   to stderr and wait (at most a minute) until the run has received SIGINT/SIGTERM: a test
   then sends the signal at an exact step instead of guessing with sleeps.
+- ``pause_after_run``        the same once the last epoch is trained, evaluated and saved,
+  just before ``train`` returns.
 - ``pause_during_save:N``   the same while the N-th checkpoint's temp file is written, before
   its rename; the wait ends when a signal handler raises (a second Ctrl-C) or after a minute.
 

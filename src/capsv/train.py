@@ -968,6 +968,12 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
                                                   scaler, meta, previous)
                 else:
                     ckpt = checkpoint_path(cfg.save_path, epoch)
+            # A signal during the last evaluation or save: the run is complete, but the caller
+            # (a shell loop, the demo's epoch loop) asked to stop and must hear of it.
+            faults.pause_if("pause_after_run", lambda: stop.signum is not None)
+            signum = stop.poll(dist, device)
+            if signum:
+                raise _stopped_between_epochs(signum, epoch + 1, ckpt, log)
         except TrainInterrupted:
             raise
         except KeyboardInterrupt as exc:      # a second signal, or Ctrl-C outside our handler
