@@ -1,9 +1,8 @@
-"""`capsv demo --quick` end to end. Slow (minutes on 2 cores), so excluded from `make test`:
-run with `make test-slow`.
+"""`capsv demo --quick` end to end (about 2 minutes on 2 cores), in the default suite: the
+issue's acceptance is that the trained CAP model beats the hand-made baseline.
 
-Known open point (issue 4): at the quick budget on a 2-core CPU the networks train for only an
-epoch or two and do not yet beat the mean-MFCC baseline; that assertion is kept as an explicit
-expected failure until the training budget/speed closes the gap, never as a silent pass.
+The quick demo stops after a fixed number of epochs, never on a clock, so what it trains
+does not depend on the machine's speed or load.
 """
 import json
 
@@ -11,7 +10,8 @@ import pytest
 
 from capsv.cli import main
 
-pytestmark = pytest.mark.slow
+SYSTEMS = {"baseline: mean MFCC", "baseline: MFCC mean+std", "ResNetSE34L + TAP",
+           "ResNetSE34L + CAP"}
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +26,22 @@ def quick_demo(tmp_path_factory):
 
 def test_quick_demo_writes_table_and_report(quick_demo):
     report, systems = quick_demo
-    assert set(systems) == {"baseline (mean MFCC)", "ResNetSE34L + TAP", "ResNetSE34L + CAP"}
+    assert set(systems) == SYSTEMS
     for name, metrics in systems.items():
         assert 0.0 <= metrics["EER"] <= 100.0, name
     table = (report / "table.txt").read_text()
-    assert "ResNetSE34L + CAP" in table and "EER %" in table
-    for name in ("det_compare.png", "cap/det.png", "cap/score_hist.png", "tap/det.png", "baseline/det.png"):
+    assert all(name in table for name in SYSTEMS) and "EER %" in table
+    for name in ("det_compare.png", "cap/det.png", "cap/score_hist.png", "tap/det.png",
+                 "baseline/det.png", "baseline_meanstd/det.png"):
         assert (report / name).stat().st_size > 10_000, name
-    assert len((report / "cap/scores.txt").read_text().splitlines()) == 300
+    assert len((report / "cap/scores.txt").read_text().splitlines()) == 600
+    for name in ("ResNetSE34L + TAP", "ResNetSE34L + CAP"):
+        assert systems[name]["epochs"] == 20 and systems[name]["samples_per_s"] > 0, name
 
 
-@pytest.mark.xfail(reason="issue 4 open: the quick budget is too small for CAP to beat the MFCC baseline on CPU",
-                   strict=False)
-def test_quick_demo_cap_beats_baseline(quick_demo):
+def test_quick_demo_cap_beats_the_mean_mfcc_baseline(quick_demo):
+    """The issue's yardstick: a mean-MFCC cosine. The trained model must be better, but not
+    perfect in this budget (the corpus is meant to be hard)."""
     _, systems = quick_demo
-    assert systems["ResNetSE34L + CAP"]["EER"] < systems["baseline (mean MFCC)"]["EER"]
+    cap = systems["ResNetSE34L + CAP"]["EER"]
+    assert 5.0 < cap < systems["baseline: mean MFCC"]["EER"], systems

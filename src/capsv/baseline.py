@@ -9,8 +9,8 @@ and the yardstick the demo puts beside a trained model. Per file:
    room and the noise, not the voice);
 3. ``mfcc``: an orthonormal DCT-II over the 64 log-mel bins, coefficients 1..29 (c0 is the
    loudness, which says nothing about who speaks); ``logmel``: the 64 log-mel bins;
-4. the mean and the standard deviation over the kept frames -> one vector per file
-   (2 x 29 values for ``mfcc``).
+4. ``stats="mean"`` (the default): their mean over the kept frames -> one vector per file
+   (29 values for ``mfcc``); ``stats="mean+std"`` appends the standard deviations.
 
 Trials are scored by the cosine of the two vectors after standardising every dimension over
 all files of the trial list (mean 0, variance 1; unsupervised, no labels used). Without the
@@ -23,11 +23,11 @@ Choices, and why:
   holds the speaker's vocal tract and voice source and, mixed into it, the channel's EQ and
   noise. That confusion is the weakness of this family of methods, and what a trained
   network, fed instance-normalised features and trained across sessions, learns to get around.
-- The standard deviations describe how far the spectrum moves (formant excursions, voicing
-  contrast) and are far less sensitive to a fixed EQ than the mean; 29 coefficients rather
-  than the usual 13 keep some of the harmonic fine structure (pitch). On demo-like synthetic
-  test sets these choices took the EER from 34-44 % (mean of c1..c19 only) to 24-30 %:
-  the baseline should be a fair opponent, not a straw man.
+- 29 coefficients rather than the usual 13 keep some of the harmonic fine structure (pitch).
+- ``mean+std`` is the stronger variant the demo shows beside the mean: the standard
+  deviations describe how far the spectrum moves (formant excursions, voicing contrast) and
+  are far less sensitive to a fixed EQ than the mean, so they survive the channel that
+  confuses the mean.
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ from .features import LogMelFrontEnd
 from .metrics import Metrics, compute_metrics
 
 FEATURES = ("mfcc", "logmel")
+STATS = ("mean", "mean+std")
 N_CEPS = 30                 # c0..c29 computed, c0 dropped
 
 
@@ -61,10 +62,13 @@ def dct_matrix(n_in: int, n_out: int) -> torch.Tensor:
 class BaselineEmbedder:
     """Waveform (int16 scale) -> mean and std of spectral features, see the module docstring."""
 
-    def __init__(self, feature: str = "mfcc", n_ceps: int = N_CEPS, speech_fraction: float = 0.5):
+    def __init__(self, feature: str = "mfcc", stats: str = "mean", n_ceps: int = N_CEPS,
+                 speech_fraction: float = 0.5):
         if feature not in FEATURES:
             raise CapsvError(f"unknown baseline feature {feature!r}; choose one of {FEATURES}")
-        self.feature = feature
+        if stats not in STATS:
+            raise CapsvError(f"unknown baseline statistics {stats!r}; choose one of {STATS}")
+        self.feature, self.stats = feature, stats
         self.speech_fraction = speech_fraction
         self.frontend = LogMelFrontEnd()
         self.dct = dct_matrix(64, n_ceps)[1:]                        # drop c0 (loudness)
@@ -76,7 +80,8 @@ class BaselineEmbedder:
         threshold = torch.quantile(energy, 1.0 - self.speech_fraction)
         speech = logmel[:, energy >= threshold]                      # (64, kept frames)
         feats = self.dct @ speech if self.feature == "mfcc" else speech
-        return torch.cat([feats.mean(dim=1), feats.std(dim=1)]).double().numpy()
+        parts = [feats.mean(dim=1)] + ([feats.std(dim=1)] if self.stats == "mean+std" else [])
+        return torch.cat(parts).double().numpy()
 
 
 @dataclass
@@ -86,9 +91,9 @@ class BaselineResult:
     metrics: Metrics
 
 
-def file_vectors(paths: list[str], feature: str = "mfcc") -> np.ndarray:
+def file_vectors(paths: list[str], feature: str = "mfcc", stats: str = "mean") -> np.ndarray:
     """(n_files, dim) baseline vectors of the given audio files (whole files)."""
-    embed = BaselineEmbedder(feature)
+    embed = BaselineEmbedder(feature, stats)
     return np.stack([embed(load_audio(p)) for p in paths])
 
 
@@ -102,19 +107,21 @@ def cosine_scores(vectors: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return (unit[pairs[:, 0]] * unit[pairs[:, 1]]).sum(dim=1).numpy()
 
 
-def baseline_scores(test_list: str, test_path: str, feature: str = "mfcc") -> tuple[np.ndarray, np.ndarray]:
+def baseline_scores(test_list: str, test_path: str, feature: str = "mfcc",
+                    stats: str = "mean") -> tuple[np.ndarray, np.ndarray]:
     """Scores and labels (both (n_trials,), list order) of the baseline on a trial list."""
     from .evaluate import validate_inputs  # the evaluator's checks: missing / unusable files
 
     trials = read_trials(test_list)
     files = validate_inputs(trials, test_path, test_list)
     index = {f: i for i, f in enumerate(files)}
-    vectors = file_vectors([os.path.join(test_path, f) for f in files], feature)
+    vectors = file_vectors([os.path.join(test_path, f) for f in files], feature, stats)
     pairs = np.array([(index[t.path1], index[t.path2]) for t in trials], dtype=np.int64)
     labels = np.array([t.label for t in trials], dtype=np.int64)
     return cosine_scores(vectors, pairs), labels
 
 
-def evaluate_baseline(test_list: str, test_path: str, feature: str = "mfcc") -> BaselineResult:
-    scores, labels = baseline_scores(test_list, test_path, feature)
+def evaluate_baseline(test_list: str, test_path: str, feature: str = "mfcc",
+                      stats: str = "mean") -> BaselineResult:
+    scores, labels = baseline_scores(test_list, test_path, feature, stats)
     return BaselineResult(scores, labels, compute_metrics(scores, labels))

@@ -49,7 +49,7 @@ from .channel import apply_channel, draw_channel
 from .voice import SpeakerTraits, draw_speaker, draw_speaking_state, synth_dry
 
 SAMPLE_RATE = 16000
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2            # 2: stronger session EQ (channel.draw_channel)
 MANIFEST = "synth_manifest.json"
 DONE = "synth.done"
 TRAIN_LIST = "train_list.txt"
