@@ -48,7 +48,7 @@ class DemoPlan:
 
 
 FULL = DemoPlan(DEMO_CORPUS, max_epochs=40, budget_s=220.0, num_eval=3, segs_per_speaker=6)
-QUICK = DemoPlan(dataclasses.replace(DEMO_CORPUS, speakers=24, test_speakers=20, utterances=12,
+QUICK = DemoPlan(dataclasses.replace(DEMO_CORPUS, speakers=48, test_speakers=24, utterances=8,
                                      min_seconds=1.5, max_seconds=2.5, trials=600),
                  max_epochs=20, budget_s=None, max_frames=80, batch_size=12, eval_frames=150,
                  num_eval=3)

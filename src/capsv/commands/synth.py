@@ -36,7 +36,8 @@ example:
 CORPUS_FLAGS = {
     "speakers": (int, "training speakers"),
     "test_speakers": (int, "test speakers, disjoint from the training ones"),
-    "utterances": (int, "clips per speaker"),
+    "utterances": (int, "clips per training speaker"),
+    "test_utterances": (int, "clips per test speaker (0: as --utterances)"),
     "min_seconds": (float, "shortest clip, seconds"),
     "max_seconds": (float, "longest clip, seconds"),
     "min_sessions": (int, "fewest sessions (videos) per speaker"),

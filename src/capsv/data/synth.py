@@ -71,7 +71,8 @@ class CorpusConfig:
 
     speakers: int = 100                # training speakers
     test_speakers: int = 20            # disjoint test speakers
-    utterances: int = 12               # per speaker
+    utterances: int = 12               # per training speaker
+    test_utterances: int = 0           # per test speaker; 0: as many as ``utterances``
     min_seconds: float = 2.0
     max_seconds: float = 4.0
     min_sessions: int = 3              # sessions ("videos") per speaker
@@ -85,7 +86,9 @@ class CorpusConfig:
         checks = [
             (1 <= self.speakers <= 9999, "--speakers must be 1..9999"),
             (2 <= self.test_speakers <= 9999, "--test_speakers must be 2..9999 (non-target trials need two)"),
-            (self.utterances >= 2, "--utterances must be at least 2 (target trials need two)"),
+            (self.utterances >= 2, "--utterances must be at least 2"),
+            (self.test_utterances == 0 or self.test_utterances >= 2,
+             "--test_utterances must be 0 (as --utterances) or at least 2 (target trials need two)"),
             (0.5 <= self.min_seconds <= self.max_seconds <= 60.0,
              "need 0.5 <= --min_seconds <= --max_seconds <= 60"),
             (1 <= self.min_sessions <= self.max_sessions, "need 1 <= --min_sessions <= --max_sessions"),
@@ -97,18 +100,23 @@ class CorpusConfig:
         for ok, message in checks:
             if not ok:
                 raise SynthError(message)
-        pairs = self.test_speakers * self.utterances * (self.utterances - 1) // 2
+        per_test = self.clips_per_speaker(TEST)
+        pairs = self.test_speakers * per_test * (per_test - 1) // 2
         if self.trials // 2 > pairs // 2:
             raise SynthError(f"{self.trials} trials need {self.trials // 2} distinct target pairs, but "
-                             f"{self.test_speakers} test speakers x {self.utterances} utterances "
+                             f"{self.test_speakers} test speakers x {per_test} utterances "
                              f"allow at most {pairs // 2} (half of their {pairs} same-speaker pairs); "
-                             f"lower --trials to {2 * (pairs // 2)} or less, or raise --utterances / "
+                             f"lower --trials to {2 * (pairs // 2)} or less, or raise --test_utterances / "
                              "--test_speakers")
 
     def audio_seconds(self) -> float:
         """Expected seconds of audio in the corpus."""
         mean = 0.5 * (self.min_seconds + self.max_seconds)
-        return (self.speakers + self.test_speakers) * self.utterances * mean
+        return (self.speakers * self.utterances + self.test_speakers * self.clips_per_speaker(TEST)) * mean
+
+    def clips_per_speaker(self, role: int) -> int:
+        """Clips of each training (``TRAIN``) or test (``TEST``) speaker."""
+        return (self.test_utterances or self.utterances) if role == TEST else self.utterances
 
 
 # The demo: 120 speakers, 1.2 h of audio. Many speakers with few clips each rather than the
@@ -156,15 +164,16 @@ _ID_CHARS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 def plan_speaker(config: CorpusConfig, role: int, index: int) -> SpeakerPlan:
     rng = np.random.default_rng([config.seed, TAG_PLAN, role, index])
     speaker = speaker_id(role, index)
-    n_sessions = min(int(rng.integers(config.min_sessions, config.max_sessions + 1)), config.utterances)
+    n_clips = config.clips_per_speaker(role)
+    n_sessions = min(int(rng.integers(config.min_sessions, config.max_sessions + 1)), n_clips)
     names: list[str] = []
     while len(names) < n_sessions:                     # YouTube-like 11-character video ids
         name = "".join(rng.choice(_ID_CHARS, 11))
         if name not in names:
             names.append(name)
     per_session = np.ones(n_sessions, dtype=np.int64)
-    np.add.at(per_session, rng.integers(0, n_sessions, config.utterances - n_sessions), 1)
-    lengths = rng.uniform(config.min_seconds, config.max_seconds, config.utterances)
+    np.add.at(per_session, rng.integers(0, n_sessions, n_clips - n_sessions), 1)
+    lengths = rng.uniform(config.min_seconds, config.max_seconds, n_clips)
     clips, k = [], 0
     for s, count in enumerate(per_session):
         for c in range(int(count)):
