@@ -10,13 +10,13 @@ from capsv.evaluate import FileFeatures, score_pairs
 from capsv.pooling import CAP
 
 
-def _cap(d, e, dtype=torch.float32):
+def _cap(d, e, dtype=torch.float32, gamma=(0.5, 1.5)):
     torch.manual_seed(3)
     cap = CAP(d, e).to(dtype).eval()
     with torch.no_grad():
         cap.att_bn.running_mean.uniform_(-0.5, 0.5)
         cap.att_bn.running_var.uniform_(0.5, 2.0)
-        cap.att_bn.weight.uniform_(0.5, 1.5)
+        cap.att_bn.weight.uniform_(*gamma)
         cap.att_bn.bias.uniform_(-0.3, 0.3)
     return cap
 
@@ -52,13 +52,15 @@ def _pairs(n_files, n_trials):
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("d, e", [(16, 24), (24, 8)])     # E > D, and E < D (trapezoidal R)
-def test_grouped_scores_equal_literal_form(dtype, tol, d, e, monkeypatch):
+@pytest.mark.parametrize("gamma", [(0.5, 1.5), (-1.0, 1.0)])  # BN scale folded into R, or not
+def test_grouped_scores_equal_literal_form(dtype, tol, d, e, gamma, monkeypatch):
     monkeypatch.setattr(cap_scoring, "TRIANGLE_BLOCK", 5)      # several triangle blocks
-    cap = _cap(d, e, dtype)
+    cap = _cap(d, e, dtype, gamma)
     feats = _features(cap, n_files=7, crops=3, frames=9, dtype=dtype)
     pairs = _pairs(7, 40)
     # A tiny buffer: several chunks, and files that are in some chunks and not in others.
     scorer = GroupedCapScorer(cap, feats.frames_store, feats.proj_store, buffer_mb=0.01)
+    assert scorer.scale_in_r == (gamma[0] > 0)
     assert scorer.chunk < len(pairs) // 3
     with torch.inference_mode():
         got = scorer.score(pairs)

@@ -68,11 +68,18 @@ class GroupedCapScorer:
                  buffer_mb: float = DEFAULT_BUFFER_MB):
         self.frames, self.proj = frames_store, proj_store
         _, self.n, self.d, self.t = frames_store.shape
-        self.inv_tau = 1.0 / cap.temperature
-        self.means = proj_store.mean(dim=2)                                  # (files, N, D)
+        # Crop means over tau: the summaries, then the logits, come out divided by tau.
+        self.means = proj_store.mean(dim=2) / cap.temperature               # (files, N, D)
         self.r_t = projection_factor(cap.fc).t().contiguous()                # (D, E'), E' <= D
         self.e = self.r_t.shape[1]
         self.scale, self.shift = bn_affine(cap.att_bn, self.t)
+        # With every BN scale > 0, relu(scale y + shift) = scale relu(y + shift / scale), and
+        # the scale moves into R: the frames are then used as stored, not rescaled per file.
+        self.scale_in_r = bool((self.scale > 0).all())
+        if self.scale_in_r:
+            self.r_t = self.r_t * self.scale[:, None]
+            self.shift = self.shift / self.scale
+            self.frame_sums = frames_store.sum(dim=3)                        # (files, N, D)
         job_bytes = self.n * self.n * self.d * frames_store.element_size()
         self.chunk = max(1, int(buffer_mb * 2**20 // (2 * job_bytes)))     # trials per chunk
         self.buffer = None
@@ -124,18 +131,25 @@ class GroupedCapScorer:
         means = self.means[torch.from_numpy(owners).to(h.device)].reshape(-1, d)   # (k N_own, D)
         ctx = torch.mm(h.reshape(n * t, d), means.t()).reshape(n, t, -1)    # (N_p, T, k N_own)
         summary = torch.bmm(ctx.transpose(1, 2), h)                          # (N_p, k N_own, D)
-        rows.index_copy_(0, torch.from_numpy(dest.reshape(-1)).to(h.device),
-                         summary.transpose(0, 1).reshape(-1, n * d))
+        rows.view(-1, n, d).index_copy_(0, torch.from_numpy(dest.reshape(-1)).to(h.device),
+                                        summary.transpose(0, 1))
 
     def _unit_vectors(self, f: int, block: torch.Tensor, k: int) -> None:
         """Replace the summaries in own file f's block by its jobs' unit vectors v[i, j]."""
         n, d, e = self.n, self.d, self.e
         summary = block.view(n, k * n, d)                                     # (N_own, k N_p, D)
         logits = torch.bmm(summary, self.proj[f].transpose(1, 2))           # (N_own, k N_p, T)
-        weights = torch.softmax(logits * self.inv_tau, dim=-1) + 1
-        pooled = torch.bmm(weights, self.frames[f].transpose(1, 2))        # (N_own, k N_p, D)
-        v = self.project(F.relu(pooled * self.scale + self.shift).reshape(-1, d))
-        summary[..., :e] = F.normalize(v, dim=1).reshape(n, k * n, e)
+        # BN(X (softmax + 1) / T) = softmax @ Xs + (Xs 1 + shift), Xs = X scaled per channel:
+        # one fused baddbmm instead of separate passes for +1, 1/T and the BN affine.
+        if self.scale_in_r:
+            xs, x_sum = self.frames[f], self.frame_sums[f]
+        else:
+            xs = self.frames[f] * self.scale[:, None]                        # (N_own, D, T)
+            x_sum = xs.sum(dim=2)
+        offset = (x_sum + self.shift).unsqueeze(1)                           # (N_own, 1, D)
+        pooled = torch.baddbmm(offset, torch.softmax(logits, dim=-1), xs.transpose(1, 2))
+        v = self.project(pooled.relu_().view(-1, d))                         # (N_own k N_p, E')
+        summary[..., :e] = F.normalize(v, dim=1).view(n, k * n, e)
 
     def project(self, a: torch.Tensor) -> torch.Tensor:
         """a @ R^T for (M, D) rows, skipping R's zero triangle: output columns e0:e1 only need
@@ -149,8 +163,8 @@ class GroupedCapScorer:
         n, e = self.n, self.e
         out = np.empty(len(rows_q), dtype=np.float64)
         for a in range(0, len(rows_q), sub):
-            q = rows[torch.from_numpy(rows_q[a:a + sub].reshape(-1)).to(rows.device)]
-            s = rows[torch.from_numpy(rows_s[a:a + sub].reshape(-1)).to(rows.device)]
+            q = rows.index_select(0, torch.from_numpy(rows_q[a:a + sub].reshape(-1)).to(rows.device))
+            s = rows.index_select(0, torch.from_numpy(rows_s[a:a + sub].reshape(-1)).to(rows.device))
             q = q.view(-1, n, n, self.d)[..., :e]
             s = s.view(-1, n, n, self.d)[..., :e].transpose(1, 2)
             out[a:a + sub] = ((q * s).sum(dim=(1, 2, 3)) / (n * n)).double().cpu().numpy()
