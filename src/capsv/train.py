@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import distributed, faults, precision
+from . import allocator, distributed, faults, precision
 from .checkpoint import (is_capsv, load_state_strict, read_checkpoint, save_checkpoint,
                          split_reference_state)
 from .data.dataset import TrainCrops, TrainList, build_augmenter, make_train_loader
@@ -640,6 +640,7 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
     optimizer, scheduler = make_optimizer(cfg, list(net.parameters()) + list(objective.parameters()))
     first_epoch, resumed_from, meta, owned = _resume(cfg, net, objective, optimizer, scheduler, log)
     precision.maybe_compile(net.backbone, cfg.compile)
+    malloc_note = allocator.keep_freed_memory()     # steps reuse their memory (capsv.allocator)
     step = distributed.wrap(net, objective, cfg.batch_size, cfg.per_group_bn, dist, device)
     scaler = precision.Scaler(device, cfg.mixedprec)
 
@@ -650,6 +651,7 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
     if meta.get("train_list_sha256") not in (None, train_sha):
         log.info("warning: the train list changed since the checkpoint was written")
     _describe_run(log, cfg, train_list, sampler, device, first_epoch)
+    log.info(f"memory: {malloc_note}")
     if dist.enabled:
         log.info(f"DistributedDataParallel over {dist.world_size} processes: a step takes "
                  f"{dist.world_size} batches of {cfg.batch_size} speakers (one per process)")
