@@ -48,7 +48,7 @@ class _Net:
 
 
 def scoring(n_files=500, n_trials=5000, n_literal=200, crops=10, frames=88, dim=128, chunk=128,
-            repeats=3):
+            repeats=5):
     """Alternating repeats of the three forms on the same features; medians reported, so a
     neighbour's burst of load hits all forms alike."""
     torch.manual_seed(0)
