@@ -168,7 +168,11 @@ def extract_features(net: SpeakerNet, paths: list, eval_frames: int = 350, num_e
 @torch.inference_mode()
 def score_pairs(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
                 chunk: int = 128, progress: bool = True) -> np.ndarray:
-    """Scores of (index1, index2) file pairs, file 1 as CAP support, file 2 as query."""
+    """Scores of (index1, index2) file pairs, file 1 as CAP support, file 2 as query.
+
+    ``chunk`` sizes the per-call batches of the padded (full-length) and train-mode CAP
+    paths; eval-mode fixed-size CAP uses :class:`capsv.cap_scoring.GroupedCapScorer`,
+    whose chunks are sized by its buffer instead."""
     scores = np.empty(len(pairs), dtype=np.float64)
     bar = tqdm(total=len(pairs), desc="trials", unit="trial", disable=not progress, leave=False)
     if not net.pairwise:
