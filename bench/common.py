@@ -42,8 +42,15 @@ def peak_rss_mb() -> float:
 
 
 def row(bench: str, **values) -> None:
-    """Print one result row as JSON (bench/run_all.py collects them into RESULTS.md)."""
-    print("ROW " + json.dumps({"bench": bench, **values}), flush=True)
+    """Print one result row as JSON (bench/run_all.py collects them into RESULTS.md), with the
+    1-minute load average: on a shared machine it says how much the number can be trusted."""
+    print("ROW " + json.dumps({"bench": bench, **values, "load1": round(os.getloadavg()[0], 2)}),
+          flush=True)
+
+
+def median(values) -> float:
+    values = sorted(values)
+    return values[len(values) // 2]
 
 
 class Timer:

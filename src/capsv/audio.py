@@ -193,6 +193,17 @@ def load_eval_crops(path: str, eval_frames: int, num_eval: int) -> np.ndarray:
     if eval_frames <= 0 or is_compressed(path):
         return eval_crops(load_audio(path), eval_frames, num_eval)
     crop_len = crop_samples(eval_frames)
+    with _open_pcm16(path) as wav:
+        if wav is not None:
+            if wav.frames <= crop_len:
+                return eval_crops(wav.read(0, wav.frames), eval_frames, num_eval)
+            crops = np.empty((num_eval, crop_len), dtype=np.float32)
+            for i, start in enumerate(eval_crop_starts(wav.frames, crop_len, num_eval)):
+                crop = wav.read(int(start), crop_len)
+                if len(crop) < crop_len:
+                    raise _truncated(path, wav.frames)
+                crops[i] = crop
+            return crops
     with _open_soundfile(path, SAMPLE_RATE) as f:
         total = f.frames
         if total <= crop_len:                  # short: padded, as eval_crops does
@@ -209,6 +220,100 @@ def load_eval_crops(path: str, eval_frames: int, num_eval: int) -> np.ndarray:
                                  "stopped early; the file is truncated, re-extract it")
             crops[i] = crop
     return crops
+
+
+# ------------------------------------------------------------------ plain PCM16 WAV crops
+# Training reads one random crop per file per step, so per-file overhead dominates: a
+# libsndfile open parses the header and allocates, every time. For the common case, a plain
+# 16-bit PCM WAV at 16 kHz, the header's layout is parsed once per (path, size, mtime) and a
+# crop is one os.pread. Anything else (other formats, rates, streamed or truncated files)
+# goes through soundfile, whose checks and error messages stay the only ones.
+_HEADER_BYTES = 65536                  # a data chunk further in than this -> soundfile
+_LAYOUT_CACHE_SIZE = 2**18             # entries of ~100 bytes; files seen again are re-parsed
+
+
+@dataclass(frozen=True)
+class _Pcm16Layout:
+    data_offset: int
+    frames: int
+    channels: int
+
+
+_LAYOUTS: dict[tuple, _Pcm16Layout | None] = {}
+
+
+def _parse_pcm16_layout(head: bytes, size: int) -> _Pcm16Layout | None:
+    """Layout of a RIFF/WAVE header if it is plain PCM16, mono or stereo, 16 kHz, complete;
+    else None (the caller then uses soundfile, which reports what is wrong)."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    fmt, offset = None, 12
+    while offset + 8 <= len(head):
+        chunk, length = head[offset:offset + 4], struct.unpack_from("<I", head, offset + 4)[0]
+        body = offset + 8
+        if chunk == b"fmt " and length >= 16 and body + 16 <= len(head):
+            fmt = struct.unpack_from("<HHIIHH", head, body)
+            if fmt[0] == 0xFFFE:                  # WAVE_FORMAT_EXTENSIBLE: the sub-format decides
+                if length < 40 or body + 26 > len(head):
+                    return None
+                fmt = (struct.unpack_from("<H", head, body + 24)[0],) + fmt[1:]
+        elif chunk == b"data":
+            if fmt is None or length in (0, 0xFFFFFFFF) or size - body < length:
+                return None
+            tag, channels, rate, _, block_align, bits = fmt
+            if tag != 1 or bits != 16 or channels not in (1, 2) or block_align != 2 * channels \
+                    or rate != SAMPLE_RATE or length < block_align:
+                return None
+            return _Pcm16Layout(body, length // block_align, channels)
+        offset = body + length + (length & 1)
+    return None
+
+
+class _Pcm16Wav:
+    """An open plain PCM16 WAV: ``frames`` from the cached header, crops by one os.pread."""
+
+    def __init__(self, path: str, fd: int, layout: _Pcm16Layout):
+        self.path, self.fd, self.layout, self.frames = path, fd, layout, layout.frames
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Samples [start, start + count) as mono float32 on the int16 scale (fewer at the end)."""
+        width = 2 * self.layout.channels
+        count = max(0, min(count, self.frames - start))
+        raw = os.pread(self.fd, count * width, self.layout.data_offset + start * width)
+        data = np.frombuffer(raw[:len(raw) - len(raw) % width], dtype="<i2")
+        if self.layout.channels == 1:
+            return data.astype(np.float32)
+        warnings.warn(f"{self.path}: 2 channels, downmixed to mono by averaging", stacklevel=3)
+        return data.reshape(-1, 2).mean(axis=1, dtype=np.float32)
+
+
+@contextmanager
+def _open_pcm16(path: str):
+    """Yields a :class:`_Pcm16Wav`, or None when the file needs soundfile's reader."""
+    if not path.lower().endswith(".wav"):
+        yield None
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        yield None                              # soundfile raises the proper AudioError
+        return
+    try:
+        st = os.fstat(fd)
+        key = (path, st.st_size, st.st_mtime_ns)
+        if key not in _LAYOUTS:
+            if len(_LAYOUTS) >= _LAYOUT_CACHE_SIZE:
+                _LAYOUTS.clear()
+            _LAYOUTS[key] = _parse_pcm16_layout(os.pread(fd, _HEADER_BYTES, 0), st.st_size)
+        layout = _LAYOUTS[key]
+        yield None if layout is None else _Pcm16Wav(path, fd, layout)
+    finally:
+        os.close(fd)
+
+
+def _truncated(path: str, total: int) -> AudioError:
+    return AudioError(f"{path}: the header promises {total} samples but reading stopped "
+                      f"early; the file is truncated, re-extract or re-convert it")
 
 
 def random_crop(audio: np.ndarray, max_frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -233,6 +338,15 @@ def load_random_crop(path: str, max_frames: int, rng: np.random.Generator,
         return random_crop(load_m4a(path), max_frames, rng)
     crop_len = crop_samples(max_frames)
     start_fraction = rng.random()
+    with _open_pcm16(path) as wav:
+        if wav is not None:
+            total = wav.frames if n_samples is None else n_samples
+            if total <= crop_len:
+                return pad_for_crop(wav.read(0, total), crop_len)[:crop_len]
+            crop = wav.read(int(start_fraction * (total - crop_len)), crop_len)
+            if len(crop) < crop_len:
+                raise _truncated(path, total)
+            return crop
     with _open_soundfile(path, SAMPLE_RATE) as f:
         total = f.frames if n_samples is None else n_samples
         if total <= 0:
@@ -242,8 +356,7 @@ def load_random_crop(path: str, max_frames: int, rng: np.random.Generator,
         f.seek(int(start_fraction * (total - crop_len)))
         crop = _read_int16_scale(f, path, crop_len)
     if len(crop) < crop_len:
-        raise AudioError(f"{path}: the header promises {total} samples but reading stopped "
-                         f"early; the file is truncated, re-extract or re-convert it")
+        raise _truncated(path, total)
     return crop
 
 

@@ -6,8 +6,9 @@
    TAP/SAP keep the crops' unit-norm embeddings; CAP keeps the frames and their
    meta-projections.
 3. Score trials in chunks. TAP/SAP: the mean of the crops' cosine matrix equals the dot
-   product of the mean unit embeddings. CAP: all crop pairs of many trials in one batched call
-   of the low-cost exact form, never one Python iteration per trial.
+   product of the mean unit embeddings. CAP with fixed-size crops: the low-cost exact form,
+   with a chunk's trials grouped by file so each file's work is a few large matmuls
+   (:mod:`capsv.cap_scoring`); never one Python iteration per trial.
 
 Full-length scoring (``eval_frames == 0``): each file runs through the front end and backbone
 alone, at its own length (zero padding would shift the front end's instance norm and the
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import faults
+from .cap_scoring import GroupedCapScorer
 from .audio import AudioError, audio_info, eval_crops, load_audio, load_eval_crops
 from .errors import CapsvError
 from .data.dataset import ignore_stop_signals
@@ -168,7 +170,11 @@ def extract_features(net: SpeakerNet, paths: list, eval_frames: int = 350, num_e
 @torch.inference_mode()
 def score_pairs(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
                 chunk: int = 128, progress: bool = True) -> np.ndarray:
-    """Scores of (index1, index2) file pairs, file 1 as CAP support, file 2 as query."""
+    """Scores of (index1, index2) file pairs, file 1 as CAP support, file 2 as query.
+
+    ``chunk`` sizes the per-call batches of the padded (full-length) and train-mode CAP
+    paths; eval-mode fixed-size CAP uses :class:`capsv.cap_scoring.GroupedCapScorer`,
+    whose chunks are sized by its buffer instead."""
     scores = np.empty(len(pairs), dtype=np.float64)
     bar = tqdm(total=len(pairs), desc="trials", unit="trial", disable=not progress, leave=False)
     if not net.pairwise:
@@ -187,6 +193,12 @@ def score_pairs(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
         buckets[(feats.frames[i].shape, feats.frames[j].shape)].append(row)
     if len(buckets) > 1:  # whole utterances: pad and mask instead of one call per length pair
         _score_cap_padded(net, feats, pairs, scores, chunk, bar)
+        bar.close()
+        return scores
+    if feats.frames_store is not None and not net.pooling.training and not net.pooling.literal:
+        # Eval-mode CAP on fixed-size crops: trials grouped by file into large matmuls.
+        scorer = GroupedCapScorer(net.pooling, feats.frames_store, feats.proj_store)
+        scores[:] = scorer.score(pairs, on_chunk=bar.update)
         bar.close()
         return scores
     if feats.frames_store is not None:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import distributed, faults, precision
+from . import allocator, distributed, faults, precision
 from .checkpoint import (is_capsv, load_state_strict, read_checkpoint, save_checkpoint,
                          split_reference_state)
 from .data.dataset import TrainCrops, TrainList, build_augmenter, make_train_loader
@@ -915,6 +915,7 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
     resumed = _resume(cfg, net, objective, optimizer, scheduler, scaler, plan, dist, device, log)
     first_epoch, resumed_from, meta = resumed.first_epoch, resumed.path, resumed.meta
     precision.maybe_compile(net.backbone, cfg.compile)
+    malloc_note = allocator.keep_freed_memory()     # steps reuse their memory (capsv.allocator)
     step = distributed.wrap(net, objective, cfg.batch_size, cfg.per_group_bn, dist, device)
 
     log.header(cfg, f"(resumed from {resumed_from})" if resumed_from else "(new run)")
@@ -923,6 +924,7 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
     if meta.get("train_list_sha256") not in (None, train_sha):
         log.info("warning: the train list changed since the checkpoint was written")
     _describe_run(log, cfg, train_list, sampler, device, first_epoch)
+    log.info(f"memory: {malloc_note}")
     if dist.enabled:
         log.info(f"DistributedDataParallel over {dist.world_size} processes: a step takes "
                  f"{dist.world_size} batches of {cfg.batch_size} speakers (one per process)")

@@ -1,0 +1,46 @@
+"""glibc malloc tuning for training: keep freed memory instead of returning it to the kernel.
+
+A training step frees and re-allocates the same tens of megabytes of activations every step.
+glibc serves blocks above its mmap threshold (128 KB, adapting upwards) with fresh ``mmap``
+and hands them back with ``munmap`` on free, and trims the heap top beyond 128 KB: the next
+step then page-faults all of it in again. On VMs where a fresh page is expensive (Firecracker
+microVMs: bench/RESULTS.md measured a 21 % slower step) that is pure overhead. Raising both
+thresholds makes freed blocks stay in the process for reuse, at the cost of a higher resident
+memory (the peak of one step stays allocated).
+
+This is what ``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=17179869184`` does at
+start-up; ``mallopt`` does it from inside the process, capped at INT_MAX (2 GiB) because its
+argument is a C int. Blocks allocated before the call are unaffected; later ones follow it.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+M_TRIM_THRESHOLD = -1     # <malloc.h>
+M_MMAP_THRESHOLD = -3
+INT_MAX = 2**31 - 1
+ENV_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+OPT_OUT = "CAPSV_MALLOC"          # CAPSV_MALLOC=default leaves glibc's behaviour alone
+
+
+def keep_freed_memory() -> str:
+    """Tell glibc to keep freed memory; returns what was done, for the run log.
+
+    Not applied (and says why) on other C libraries, when the user set glibc's own
+    environment variables (theirs win), or with ``CAPSV_MALLOC=default``.
+    """
+    if os.environ.get(OPT_OUT, "").lower() == "default":
+        return f"glibc malloc defaults ({OPT_OUT}=default)"
+    if any(name in os.environ for name in ENV_VARS):
+        return "glibc malloc settings from the environment"
+    if platform.libc_ver()[0] != "glibc":
+        return "malloc defaults (not glibc)"
+    try:
+        libc = ctypes.CDLL(None)
+        ok = (libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(INT_MAX)) == 1
+              and libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(INT_MAX)) == 1)
+    except (OSError, AttributeError):
+        ok = False
+    return "glibc malloc keeps freed memory (mallopt)" if ok else "malloc defaults (mallopt refused)"
