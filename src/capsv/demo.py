@@ -96,12 +96,13 @@ def _train_model(encoder: str, plan: DemoPlan, corpus_dir: str, exp_dir: str, pr
 
 
 def format_table(systems: list[SystemResult]) -> str:
-    header = f"{'system':<22}{'EER %':>8}{'minDCF.05':>11}{'minDCF.01':>11}{'train s':>9}{'crops/s':>9}"
+    width = max(len("system"), *(len(s.name) for s in systems)) + 2
+    header = f"{'system':<{width}}{'EER %':>6}{'minDCF.05':>11}{'minDCF.01':>11}{'train s':>9}{'crops/s':>9}"
     lines = [header, "-" * len(header)]
     for s in systems:
         train_s = f"{s.train_seconds:.0f}" if s.train_seconds is not None else "-"
         rate = f"{s.samples_per_s:.1f}" if s.samples_per_s is not None else "-"
-        lines.append(f"{s.name:<22}{s.metrics['EER']:>8.2f}{s.metrics['minDCF_p0.05']:>11.3f}"
+        lines.append(f"{s.name:<{width}}{s.metrics['EER']:>6.2f}{s.metrics['minDCF_p0.05']:>11.3f}"
                      f"{s.metrics['minDCF_p0.01']:>11.3f}{train_s:>9}{rate:>9}")
     return "\n".join(lines)
 
