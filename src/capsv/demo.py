@@ -16,9 +16,11 @@ on the machine's speed (the test suite asserts it).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -82,8 +84,17 @@ def _train_model(encoder: str, plan: DemoPlan, corpus_dir: str, exp_dir: str, pr
                 test_interval=10**6, no_progress=not progress,
                 mixedprec=reduced_precision_is_fast(resolve_device("auto")))
     spent, crops_per_s, summary = 0.0, [], None
+    if os.path.isdir(exp_dir):       # an earlier demo's run: train afresh, the budget is the point
+        log(f"  {encoder}: replacing the earlier demo run in {exp_dir}")
+        shutil.rmtree(exp_dir)
+    os.makedirs(exp_dir)
+    train_log = os.path.join(exp_dir, "train.log")
+    log(f"  {encoder}: the training run's own log goes to {train_log}")
     for epoch in range(1, plan.max_epochs + 1):
-        summary = train({**base, "max_epoch": epoch})      # resumes from the previous epoch
+        # One short run per epoch (each resumes the previous one): its start-up lines would
+        # repeat every epoch on screen, so they go to the file; the line below is the summary.
+        with open(train_log, "a", encoding="utf-8") as out, contextlib.redirect_stdout(out):
+            summary = train({**base, "max_epoch": epoch})
         if summary.epochs_run:
             spent += summary.wall_time_s
             crops_per_s.append(summary.samples_per_s)
