@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from capsv.baseline import (BaselineEmbedder, baseline_scores, cosine_scores, dct_matrix,
-                            evaluate_baseline)
+                            evaluate_baseline, evaluate_baselines, file_vectors)
 from capsv.checkpoint import save_checkpoint, load_model
 from capsv.data.lists import read_trials
 from capsv.data.synth import TRIAL_LIST, CorpusConfig, generate_corpus
@@ -124,3 +124,21 @@ def test_untrained_network_is_near_chance(corpus, tmp_path):
     print(f"untrained ResNetSE34L+TAP: EER {result.metrics.eer:.1f} % on {targets} target / "
           f"{nontargets} non-target trials")
     assert 35.0 <= result.metrics.eer <= 65.0, result.metrics.eer
+
+
+def test_both_statistics_from_one_pass_equal_each_computed_alone(corpus):
+    trials = os.path.join(corpus, TRIAL_LIST)
+    both = evaluate_baselines(trials, corpus)
+    for stats in ("mean", "mean+std"):
+        alone = file_vectors_scores(trials, corpus, stats)
+        assert np.array_equal(both[stats].scores, alone), stats
+    assert both["mean"].metrics.eer != both["mean+std"].metrics.eer
+
+
+def file_vectors_scores(trials: str, corpus: str, stats: str) -> np.ndarray:
+    """The baseline computed the long way: vectors of exactly ``stats``, then cosines."""
+    files = sorted({p for t in read_trials(trials) for p in (t.path1, t.path2)})
+    index = {f: i for i, f in enumerate(files)}
+    vectors = file_vectors([os.path.join(corpus, f) for f in files], "mfcc", stats)
+    pairs = np.array([(index[t.path1], index[t.path2]) for t in read_trials(trials)])
+    return cosine_scores(vectors, pairs)

@@ -107,21 +107,44 @@ def cosine_scores(vectors: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return (unit[pairs[:, 0]] * unit[pairs[:, 1]]).sum(dim=1).numpy()
 
 
-def baseline_scores(test_list: str, test_path: str, feature: str = "mfcc",
-                    stats: str = "mean") -> tuple[np.ndarray, np.ndarray]:
-    """Scores and labels (both (n_trials,), list order) of the baseline on a trial list."""
+def _trial_vectors(test_list: str, test_path: str, feature: str):
+    """(mean+std vectors of the list's files, (n_trials, 2) file-index pairs, labels)."""
     from .evaluate import validate_inputs  # the evaluator's checks: missing / unusable files
 
     trials = read_trials(test_list)
     files = validate_inputs(trials, test_path, test_list)
     index = {f: i for i, f in enumerate(files)}
-    vectors = file_vectors([os.path.join(test_path, f) for f in files], feature, stats)
+    vectors = file_vectors([os.path.join(test_path, f) for f in files], feature, "mean+std")
     pairs = np.array([(index[t.path1], index[t.path2]) for t in trials], dtype=np.int64)
     labels = np.array([t.label for t in trials], dtype=np.int64)
-    return cosine_scores(vectors, pairs), labels
+    return vectors, pairs, labels
+
+
+def _select(vectors: np.ndarray, stats: str) -> np.ndarray:
+    """The ``stats`` part of mean+std vectors: the means are their first half."""
+    if stats not in STATS:
+        raise CapsvError(f"unknown baseline statistics {stats!r}; choose one of {STATS}")
+    return vectors if stats == "mean+std" else vectors[:, :vectors.shape[1] // 2]
+
+
+def baseline_scores(test_list: str, test_path: str, feature: str = "mfcc",
+                    stats: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """Scores and labels (both (n_trials,), list order) of the baseline on a trial list."""
+    vectors, pairs, labels = _trial_vectors(test_list, test_path, feature)
+    return cosine_scores(_select(vectors, stats), pairs), labels
+
+
+def evaluate_baselines(test_list: str, test_path: str, feature: str = "mfcc",
+                       stats: tuple[str, ...] = STATS) -> dict[str, BaselineResult]:
+    """Every variant in ``stats`` from one pass over the audio (the expensive part)."""
+    vectors, pairs, labels = _trial_vectors(test_list, test_path, feature)
+    results = {}
+    for name in stats:
+        scores = cosine_scores(_select(vectors, name), pairs)
+        results[name] = BaselineResult(scores, labels, compute_metrics(scores, labels))
+    return results
 
 
 def evaluate_baseline(test_list: str, test_path: str, feature: str = "mfcc",
                       stats: str = "mean") -> BaselineResult:
-    scores, labels = baseline_scores(test_list, test_path, feature, stats)
-    return BaselineResult(scores, labels, compute_metrics(scores, labels))
+    return evaluate_baselines(test_list, test_path, feature, (stats,))[stats]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .baseline import evaluate_baseline
+from .baseline import evaluate_baselines
 from .checkpoint import load_model
 from .data.synth import DEMO_CORPUS, SYNTH_VERSION, CorpusConfig, generate_corpus
 from .evaluate import evaluate_list
@@ -133,10 +133,9 @@ def run_demo(data_dir: str = "data/demo", report_dir: str = "demo_report", quick
     test_list = os.path.join(corpus_dir, "veri_test.txt")
 
     log("[2/4] baselines: mean MFCC cosine, MFCC mean+std cosine")
-    systems = []
-    for name, stats in BASELINES:
-        base = evaluate_baseline(test_list, corpus_dir, stats=stats)
-        systems.append(SystemResult(name, base.scores, base.labels, base.metrics.as_dict()))
+    results = evaluate_baselines(test_list, corpus_dir, stats=tuple(s for _, s in BASELINES))
+    systems = [SystemResult(name, results[stats].scores, results[stats].labels,
+                            results[stats].metrics.as_dict()) for name, stats in BASELINES]
 
     for step, encoder in ((3, "TAP"), (4, "CAP")):
         log(f"[{step}/4] train + evaluate ResNetSE34L with {encoder}")
