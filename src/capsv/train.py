@@ -849,26 +849,25 @@ def _save_interrupted(cfg: TrainConfig, stopped: TrainStopped, net, objective, o
                           objective, optimizer, scheduler, scaler, meta, previous,
                           position=position)
     distributed.barrier(dist)
-    name = signal.Signals(stopped.signum).name
-    message = (f"interrupted by {name} at epoch {progress.epoch}, step {progress.position} of "
-               f"{stopped.total}: saved {path}; run the same command again to continue from there")
-    log.info(message)
-    return TrainInterrupted(message, path, stopped.signum)
+    return _interrupted(stopped.signum, f"at epoch {progress.epoch}, step {progress.position} of "
+                        f"{stopped.total}: saved {path}; run the same command again to continue "
+                        "from there", path, log)
 
 
 def _stopped_at_once(signum: int, epoch: int, ckpt: str | None, log) -> TrainInterrupted:
-    name = signal.Signals(signum).name
-    message = (f"interrupted by {name} during epoch {epoch}, stopped at once: the work since "
-               f"{ckpt or 'the start'} is lost; run the same command again to continue"
-               f"{' from ' + ckpt if ckpt else ''}")
-    log.info(message)
-    return TrainInterrupted(message, ckpt, signum)
+    return _interrupted(signum, f"during epoch {epoch}, stopped at once: the work since "
+                        f"{ckpt or 'the start'} is lost; run the same command again to continue"
+                        f"{' from ' + ckpt if ckpt else ''}", ckpt, log)
 
 
 def _stopped_between_epochs(signum: int, epoch: int, ckpt: str | None, log) -> TrainInterrupted:
-    name = signal.Signals(signum).name
-    message = (f"interrupted by {name} before epoch {epoch}: {ckpt or 'no checkpoint yet'} holds "
-               "all finished epochs; run the same command again to continue")
+    return _interrupted(signum, f"before epoch {epoch}: {ckpt or 'no checkpoint yet'} holds all "
+                        "finished epochs; run the same command again to continue", ckpt, log)
+
+
+def _interrupted(signum: int, what: str, ckpt: str | None, log) -> TrainInterrupted:
+    """Log ``interrupted by SIG...`` + ``what`` and return the exception that carries it."""
+    message = f"interrupted by {signal.Signals(signum).name} {what}"
     log.info(message)
     return TrainInterrupted(message, ckpt, signum)
 
