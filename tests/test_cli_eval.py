@@ -127,3 +127,32 @@ def test_legacy_without_train_flags(reference_dir, capsys):
                       str(reference_dir / "trials.txt"), "--test_path", str(reference_dir / "wav"),
                       "--no_progress", "--nDataLoaderThread", "0"])
     assert rc == 0
+
+
+def _write_clips(root, seconds):
+    names = []
+    for i, s in enumerate(seconds):
+        name = f"spk{i % 2}/clip{i}.wav"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(i)
+        sf.write(root / name, (0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32), 16000)
+        names.append(name)
+    return names
+
+
+def test_crops_longer_than_most_files_are_warned_about(tmp_path, capsys):
+    from capsv.data.lists import read_trials
+    from capsv.evaluate import validate_inputs
+    names = _write_clips(tmp_path, [1.5, 2.0, 2.5, 4.0])
+    (tmp_path / "trials.txt").write_text(f"1 {names[0]} {names[2]}\n0 {names[1]} {names[3]}\n")
+    trials = read_trials(str(tmp_path / "trials.txt"))
+    validate_inputs(trials, str(tmp_path), "trials.txt", eval_frames=350)
+    out = capsys.readouterr().out
+    assert "3 of 4 files in trials.txt are shorter than one --eval_frames 350 crop" in out
+    assert "the shortest is 1.50 s" in out and "zero-padded" in out
+    suggested = int(out.split("--eval_frames ")[-1].split()[0])
+    assert 100 <= suggested <= 150           # fits the 1.5 s clip (150 frames = 1.5024 s)
+    validate_inputs(trials, str(tmp_path), "trials.txt", eval_frames=suggested)
+    assert "shorter than" not in capsys.readouterr().out
+    validate_inputs(trials, str(tmp_path), "trials.txt")          # no crop size: no check
+    assert capsys.readouterr().out == ""

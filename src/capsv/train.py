@@ -656,7 +656,8 @@ def _prepare_evaluation(cfg: TrainConfig, log: RunLog) -> bool:
     if not cfg.test_list:
         log.info("no --test_list: training without evaluation")
         return False
-    validate_inputs(read_trials(cfg.test_list), cfg.test_path, cfg.test_list, cfg.on_bad_audio)
+    validate_inputs(read_trials(cfg.test_list), cfg.test_path, cfg.test_list, cfg.on_bad_audio,
+                    cfg.eval_frames)
     return True
 
 
