@@ -4,7 +4,8 @@
 Both demos stop after a fixed number of epochs (the full one also on a time budget, which on
 a quiet 2-core machine it reaches first), so the quick one trains the same way on any
 machine. Measured on the development machine (2-vCPU AMD EPYC, bf16 autocast):
-- full: mean-MFCC baseline 33.5 % EER, MFCC mean+std 33.0 %, TAP 29.0 %, CAP 26.0 %;
+- full (8 min 31 s from a fresh clone): mean-MFCC baseline 33.5 % EER, MFCC mean+std
+  33.0 %, TAP 27.75 %, CAP 30.0 %;
 - quick (96 training speakers x 6 clips, 10 epochs of 0.5 s crops, ~5,800 crops per model,
   108 s in all, 2,000 trials): baselines 32.0 / 30.4 %, TAP 46.1 %, CAP 35.2 %. At this
   budget the networks are not yet at the baseline's level (longer probes: CAP needs roughly
