@@ -82,3 +82,11 @@ def test_corrupt_file_is_named(tmp_path):
     path.write_bytes(b"RIFF not really a wave file" * 10)
     with pytest.raises(AudioError, match="bad.wav"):
         audio_info(str(path))
+
+
+def test_frames_that_fit_is_the_inverse_of_crop_samples():
+    from capsv.audio import crop_samples, frames_that_fit
+    for frames in (1, 150, 350):
+        assert frames_that_fit(crop_samples(frames)) == frames
+        assert frames_that_fit(crop_samples(frames) - 1) == frames - 1
+    assert frames_that_fit(100) == 0

@@ -36,6 +36,11 @@ def crop_samples(frames: int) -> int:
     return frames * HOP + 240
 
 
+def frames_that_fit(n_samples: int) -> int:
+    """The largest crop, in frames, that ``n_samples`` hold whole (the inverse of crop_samples)."""
+    return max((n_samples - crop_samples(0)) // HOP, 0)
+
+
 def pad_each_side(n_samples: int, crop_len: int) -> int:
     """Zeros added on each side of a file of ``n_samples`` (0 if it is longer than a crop)."""
     if n_samples > crop_len:

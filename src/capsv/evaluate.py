@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from . import faults
 from .cap_scoring import GroupedCapScorer
-from .audio import (HOP, SAMPLE_RATE, AudioError, audio_info, crop_samples, eval_crops, load_audio,
-                    load_eval_crops)
+from .audio import (SAMPLE_RATE, AudioError, audio_info, crop_samples, eval_crops, frames_that_fit,
+                    load_audio, load_eval_crops)
 from .errors import CapsvError
 from .data.dataset import ignore_stop_signals
 from .data.lists import Trial, missing_files, read_audio_list, read_trials, trial_files
@@ -72,15 +72,15 @@ def warn_if_crops_are_mostly_padding(lengths: dict[str, int], eval_frames: int, 
     if not lengths:
         return False
     crop = crop_samples(eval_frames)
-    short = sorted(n for n in lengths.values() if n < crop)
+    short = [n for n in lengths.values() if n < crop]
     if len(short) < share * len(lengths):
         return False
     # The longest crop that fits at least 90 % of the files whole.
-    fit = int(np.percentile(np.array(list(lengths.values())), 10, method="lower"))
-    suggestion = max((fit - 240) // HOP, 1)
+    tenth = int(np.percentile(np.array(list(lengths.values())), 10, method="lower"))
+    suggestion = max(frames_that_fit(tenth), 1)
     print(f"warning: {len(short)} of {len(lengths)} files in {list_name} are shorter than one "
           f"--eval_frames {eval_frames} crop ({crop / SAMPLE_RATE:.2f} s; the shortest is "
-          f"{short[0] / SAMPLE_RATE:.2f} s). They are zero-padded, as the paper's code does, "
+          f"{min(short) / SAMPLE_RATE:.2f} s). They are zero-padded, as the paper's code does, "
           f"which can ruin their embeddings; --eval_frames {suggestion} fits 90 % of them whole.",
           flush=True)
     return True
