@@ -112,3 +112,71 @@ def test_bad_settings_are_rejected(kwargs, message):
     args = {"batch_size": 2, "nSpeakers": 3, **kwargs}
     with pytest.raises(SamplerError, match=message):
         SpeakerBatchSampler(_labels(COUNTS), **args)
+
+
+def _reference_plan(labels, batch_size, m, cap, seed, epoch):
+    """The plan as the sampler computed it before issue 14 (Python lists, one group at a time):
+    the vectorised sampler must deal exactly these batches."""
+    rng = np.random.default_rng([seed, epoch])
+    by_speaker = {}
+    for index, speaker in enumerate(labels):
+        by_speaker.setdefault(int(speaker), []).append(index)
+    groups = []
+    for speaker, utts in sorted(by_speaker.items()):
+        if len(utts) < m:
+            continue
+        utts = np.asarray(utts, dtype=np.int64)
+        n = min(len(utts), cap)
+        n -= n % m
+        chosen = utts[rng.permutation(len(utts))[:n]]
+        groups.extend((speaker, chosen[i:i + m]) for i in range(0, n, m))
+    order = rng.permutation(len(groups))
+    batches, current, speakers, waiting = [], [], set(), []
+
+    def add(group):
+        current.append(group[1])
+        speakers.add(group[0])
+        if len(current) == batch_size:
+            batches.append(np.stack(current, axis=1).reshape(-1).tolist())
+            current.clear()
+            speakers.clear()
+
+    for group in (groups[i] for i in order):
+        if group[0] in speakers:
+            waiting.append(group)
+            continue
+        add(group)
+        if not current and waiting:
+            still_waiting = []
+            for queued in waiting:
+                if queued[0] in speakers:
+                    still_waiting.append(queued)
+                else:
+                    add(queued)
+            waiting = still_waiting
+    return batches, len(groups), len(current) + len(waiting)
+
+
+@pytest.mark.parametrize("counts, b, m, cap", [
+    (COUNTS, 4, 3, 20),
+    (COUNTS, 2, 1, 5),
+    ([20] * 5, 5, 2, 100),            # every batch needs every speaker: many groups wait
+    ([3] * 7 + [40, 60], 3, 3, 30),   # two big speakers collide often
+    ([9] * 40, 5, 3, 100),
+])
+def test_plan_deals_the_same_batches_as_the_reference_algorithm(counts, b, m, cap):
+    # labels that are neither dense nor in order: speaker ids 3, 10, 17, ...
+    labels = [3 + 7 * s for s in _labels(counts)]
+    for seed in (0, 1, 7):
+        for epoch in (1, 2):
+            batches, groups, unused = _reference_plan(labels, b, m, cap, seed, epoch)
+            sampler = SpeakerBatchSampler(labels, b, m, cap, seed=seed)
+            plan = sampler.plan(epoch)
+            assert (plan.batches, plan.groups, plan.unused_groups) == (batches, groups, unused)
+            for world_size in (2, 3):
+                usable = len(batches) - len(batches) % world_size
+                for rank in range(world_size):
+                    share = SpeakerBatchSampler(np.asarray(labels), b, m, cap, seed=seed,
+                                                rank=rank, world_size=world_size)
+                    share.set_epoch(epoch)
+                    assert list(share) == batches[rank:usable:world_size]

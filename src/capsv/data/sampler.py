@@ -27,7 +27,6 @@ are added.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -42,6 +41,58 @@ class SamplerError(CapsvError):
 
 
 @dataclass(frozen=True)
+class SpeakerIndex:
+    """Utterance indices grouped by speaker (CSR layout), built once with numpy.
+
+    For N utterances of S distinct labels:
+
+    - ``speakers`` (S,): the distinct labels, ascending;
+    - ``order`` (N,): utterance indices grouped by speaker, in list order within a speaker;
+      speaker ``k``'s utterances are ``order[offsets[k]:offsets[k + 1]]``;
+    - ``offsets`` (S + 1,);
+    - ``group`` (N,): the ``k`` of each utterance; ``slot`` (N,): its position in ``order``.
+
+    Everything is a numpy array: a forked DataLoader worker shares these pages instead of
+    copying a million Python objects as reference counting touches them.
+    """
+
+    speakers: np.ndarray
+    order: np.ndarray
+    offsets: np.ndarray
+    group: np.ndarray
+    slot: np.ndarray
+
+    @classmethod
+    def from_labels(cls, labels) -> "SpeakerIndex":
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        n = len(labels)
+        order = np.argsort(labels, kind="stable")     # stable: list order within a speaker
+        ordered = labels[order]
+        starts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+        offsets = np.concatenate(([0], starts, [n])) if n else np.zeros(1, np.int64)
+        counts = np.diff(offsets)
+        group = np.empty(n, np.int64)
+        group[order] = np.repeat(np.arange(len(counts)), counts)
+        slot = np.empty(n, np.int64)
+        slot[order] = np.arange(n)
+        return cls(ordered[offsets[:-1]], order, offsets.astype(np.int64), group, slot)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """(S,) utterances per speaker."""
+        return np.diff(self.offsets)
+
+    def utterances(self, k: int) -> np.ndarray:
+        """The utterance indices of the ``k``-th speaker, in list order (a view)."""
+        return self.order[self.offsets[k]:self.offsets[k + 1]]
+
+    def same_speaker(self, index: int) -> tuple[np.ndarray, int]:
+        """(utterances of ``index``'s speaker in list order, position of ``index`` among them)."""
+        k = self.group[index]
+        return self.utterances(k), int(self.slot[index] - self.offsets[k])
+
+
+@dataclass(frozen=True)
 class EpochPlan:
     """One epoch's global batches (each a flat, utterance-major index list) and its bookkeeping."""
 
@@ -52,6 +103,39 @@ class EpochPlan:
     @property
     def used_utterances(self) -> int:
         return sum(len(b) for b in self.batches)
+
+
+def fill_batches(speakers: list[int], batch_size: int) -> tuple[list[list[int]], int]:
+    """Greedy filling of batches of ``batch_size`` distinct speakers from groups in the given
+    order (``speakers[g]``: the speaker of group ``g``). A group whose speaker is already in
+    the batch being filled waits; whenever a batch is completed, the waiting groups are
+    offered again, oldest first. Returns (each batch's group numbers, groups left over)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    taken: set[int] = set()
+    waiting: list[int] = []
+    for group, speaker in enumerate(speakers):
+        if speaker in taken:
+            waiting.append(group)
+            continue
+        current.append(group)
+        taken.add(speaker)
+        if len(current) < batch_size:
+            continue
+        batches.append(current)
+        current, taken = [], set()
+        still_waiting = []
+        for queued in waiting:                 # a batch was just completed: serve the queue
+            if speakers[queued] in taken:
+                still_waiting.append(queued)
+                continue
+            current.append(queued)
+            taken.add(speakers[queued])
+            if len(current) == batch_size:
+                batches.append(current)
+                current, taken = [], set()
+        waiting = still_waiting
+    return batches, len(current) + len(waiting)
 
 
 class SpeakerBatchSampler(Sampler[list[int]]):
@@ -80,12 +164,12 @@ class SpeakerBatchSampler(Sampler[list[int]]):
         self.batch_size, self.nSpeakers = int(batch_size), int(nSpeakers)
         self.max_seg_per_spk, self.seed = int(max_seg_per_spk), int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
-        by_speaker: dict[int, list[int]] = defaultdict(list)
-        for index, speaker in enumerate(labels):
-            by_speaker[int(speaker)].append(index)
-        self.utterances = {s: np.asarray(u, dtype=np.int64) for s, u in sorted(by_speaker.items())
-                           if len(u) >= self.nSpeakers}
-        self.skipped_speakers = sorted(s for s, u in by_speaker.items() if len(u) < self.nSpeakers)
+        index = SpeakerIndex.from_labels(labels)
+        eligible = index.counts >= self.nSpeakers
+        self.utterances = {int(index.speakers[k]): index.utterances(k)
+                           for k in np.flatnonzero(eligible)}
+        self.skipped_speakers = index.speakers[~eligible].tolist()
+        self._speaker_ids = index.speakers[eligible]
         if self.batch_size > len(self.utterances):
             raise SamplerError(
                 f"--batch_size {batch_size} needs {batch_size} distinct speakers per batch, but only "
@@ -107,43 +191,25 @@ class SpeakerBatchSampler(Sampler[list[int]]):
         return self._plan[1]
 
     def _make_plan(self, rng: np.random.Generator) -> EpochPlan:
+        """Groups and their shuffle drawn from ``rng`` in the reference's order (one
+        permutation per speaker, ascending, then one over all groups), then the greedy fill."""
         m = self.nSpeakers
-        groups: list[tuple[int, np.ndarray]] = []
-        for speaker, utts in self.utterances.items():
+        chosen, groups_per_speaker = [], []
+        for utts in self.utterances.values():
             n = min(len(utts), self.max_seg_per_spk)
             n -= n % m
-            chosen = utts[rng.permutation(len(utts))[:n]]
-            groups.extend((speaker, chosen[i:i + m]) for i in range(0, n, m))
-        order = rng.permutation(len(groups))
-        batches, unused = self._fill_batches([groups[i] for i in order])
-        return EpochPlan(batches, len(groups), unused)
-
-    def _fill_batches(self, groups: list[tuple[int, np.ndarray]]) -> tuple[list[list[int]], int]:
-        """Greedy filling; a group whose speaker is already in the batch waits for a later one."""
-        batches, current, speakers, waiting = [], [], set(), []
-
-        def add(group) -> None:
-            current.append(group[1])
-            speakers.add(group[0])
-            if len(current) == self.batch_size:
-                batches.append(np.stack(current, axis=1).reshape(-1).tolist())  # utterance-major
-                current.clear()
-                speakers.clear()
-
-        for group in groups:
-            if group[0] in speakers:
-                waiting.append(group)
-                continue
-            add(group)
-            if not current and waiting:          # a batch was just completed: serve the queue
-                still_waiting = []
-                for queued in waiting:
-                    if queued[0] in speakers:
-                        still_waiting.append(queued)
-                    else:
-                        add(queued)
-                waiting = still_waiting
-        return batches, len(current) + len(waiting)
+            chosen.append(utts[rng.permutation(len(utts))[:n]])
+            groups_per_speaker.append(n // m)
+        members = np.concatenate(chosen).reshape(-1, m)           # (G, M): one group per row
+        owners = np.repeat(self._speaker_ids, groups_per_speaker)  # (G,) speaker of each group
+        order = rng.permutation(len(members))
+        rows, unused = fill_batches(owners[order].tolist(), self.batch_size)
+        if not rows:
+            return EpochPlan([], len(members), unused)
+        # (batches, B, M) -> (batches, M, B) -> flat: utterance-major, as the losses expect
+        picked = members[order][np.asarray(rows)]
+        batches = picked.transpose(0, 2, 1).reshape(len(rows), -1).tolist()
+        return EpochPlan(batches, len(members), unused)
 
     def local_batches(self, epoch: int | None = None) -> list[list[int]]:
         """This rank's batches: every ``world_size``-th of a plan cut to a multiple of it."""
