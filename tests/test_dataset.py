@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import gc
+import os
+import pickle
 import sys
+import time
 import types
 
 import numpy as np
@@ -8,6 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from capsv.audio import AudioError, load_random_crop
+from capsv.data import dataset as dataset_module
 from capsv.data.dataset import (TrainCrops, TrainDataError, TrainList, build_augmenter,
                                 make_train_loader)
 from capsv.data.lists import ListError
@@ -36,7 +42,7 @@ def corpus(tmp_path):
 def test_train_list_indexes_sorted_speakers(corpus):
     tl = TrainList.read(str(corpus / "train.txt"), str(corpus))
     assert tl.speakers == [f"id{s:02d}" for s in range(6)] and tl.n_speakers == 6
-    assert tl.labels[:4] == [1, 1, 1, 1] and tl.labels[-4:] == [0, 0, 0, 0]
+    assert tl.labels[:4].tolist() == [1, 1, 1, 1] and tl.labels[-4:].tolist() == [0, 0, 0, 0]
     assert tl.paths[0] == str(corpus / "id01/v/0.wav")
     assert len(tl.sha256()) == 64
 
@@ -114,3 +120,158 @@ def test_augment_without_the_module_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "capsv.data.augment", None)    # import raises ImportError
     with pytest.raises(TrainDataError, match="--augment needs the module capsv.data.augment"):
         build_augmenter("/musan", "/rirs")
+
+
+# --- issue 14: training input independent of the list size -------------------------------
+
+def _reference_crop(paths, labels, max_frames, seed, epoch, index):
+    """TrainCrops' crop and bad files as computed before issue 14 (a scan of every label for
+    the speaker's utterances): the indexed version must return exactly these."""
+    rng = np.random.default_rng([seed, epoch, index])
+    same = [i for i, label in enumerate(labels) if label == labels[index]]
+    start = same.index(index)
+    bad = []
+    for other in same[start:] + same[:start]:
+        try:
+            return load_random_crop(paths[other], max_frames, rng), bad
+        except AudioError as exc:
+            bad.append((paths[other], str(exc)))
+    return None, bad
+
+
+def test_crops_and_skip_order_are_those_of_the_list_scan(corpus):
+    # Shuffled list (a speaker's utterances are scattered), and three of id02's four files
+    # unreadable: the fallback must visit them in list order from the item on, wrapping round.
+    lines = (corpus / "train.txt").read_text().split()
+    pairs = [f"{s} {p}" for s, p in zip(lines[::2], lines[1::2])]
+    order = np.random.default_rng(3).permutation(len(pairs))
+    (corpus / "train.txt").write_text("\n".join(pairs[i] for i in order) + "\n")
+    for u in (0, 1, 3):
+        (corpus / f"id02/v/{u}.wav").write_bytes(b"RIFF....not a wave file")
+    tl = TrainList.read(str(corpus / "train.txt"), str(corpus))
+    paths, labels = list(tl.paths), tl.labels.tolist()
+    crops = TrainCrops(paths, labels, max_frames=20, seed=5, on_bad_audio="skip")
+    crops.set_epoch(2)
+    skipped = 0
+    for index in range(len(paths)):
+        want, want_bad = _reference_crop(paths, labels, 20, 5, 2, index)
+        crop, label, bad = crops._item(index)
+        assert torch.equal(crop, torch.from_numpy(want.astype(np.float32))) and bad == want_bad
+        assert label == labels[index]
+        skipped += len(bad)
+    assert skipped == 0 + 1 + 2 + 3       # id02: 0..3 bad files before its good one, per item
+
+
+def _time_per_item(crops, indices) -> float:
+    start = time.perf_counter()
+    for index in indices:
+        crops[index]
+    return (time.perf_counter() - start) / len(indices)
+
+
+def test_per_item_cost_does_not_depend_on_the_list_size(monkeypatch):
+    # 200,000 and 2,000 utterances of the same 1,000 speakers; the audio read is replaced by
+    # zeros, so what is timed is finding the item's speaker and its utterances. Before the
+    # index each item scanned every label: ~100x slower on the large list.
+    monkeypatch.setattr(dataset_module, "load_random_crop",
+                        lambda path, max_frames, rng: np.zeros(16, np.float32))
+    rng = np.random.default_rng(0)
+    sizes = {}
+    for n in (2_000, 200_000):
+        labels = rng.permutation(np.arange(n) % 1_000).tolist()
+        crops = TrainCrops([f"/d/{i}.wav" for i in range(n)], labels, max_frames=20)
+        sizes[n] = (crops, rng.integers(0, n, 300).tolist())
+    # Interleaved rounds, best of each: a busy neighbour slows both sizes alike.
+    best = {n: min(_time_per_item(*sizes[n]) for _ in range(5)) for n in sizes}
+    assert best[200_000] < 3 * best[2_000], best
+
+
+def _python_objects(root) -> int:
+    """Python objects reachable from ``root``: what a forked worker's reference counting
+    touches, page by page. A numpy array is one object whatever its length."""
+    seen, stack = set(), [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, type):
+            continue
+        seen.add(id(obj))
+        stack.extend(gc.get_referents(obj))
+    return len(seen)
+
+
+def test_dataset_objects_do_not_grow_with_the_list(corpus):
+    # Same 50 speakers, 10x more utterances: the dataset a worker receives holds as many
+    # Python objects (its paths, labels and speaker index are numpy arrays / one byte string).
+    counts = {}
+    for n in (1_000, 10_000):
+        paths = [f"{corpus}/id{i % 50:02d}/v/{i}.wav" for i in range(n)]
+        labels = [i % 50 for i in range(n)]
+        counts[n] = _python_objects(TrainCrops(paths, labels, max_frames=20))
+    assert counts[10_000] == counts[1_000] < 500, counts
+
+
+def test_train_list_is_compact_and_pickles(corpus):
+    tl = TrainList.read(str(corpus / "train.txt"), str(corpus))
+    assert isinstance(tl.labels, np.ndarray) and tl.labels.dtype == np.int64
+    assert _python_objects(tl.paths) < 10 and _python_objects(tl.labels) < 5
+    again = pickle.loads(pickle.dumps(tl.paths))
+    assert list(again) == list(tl.paths) and len(again) == 24
+
+
+@pytest.mark.parametrize("paths", [
+    ["/a/b.wav", "", "rel/ü ñ.flac", "/x/\udcff\udc80.wav", "/emoji/🎙.wav", "/a/b.wav"],
+    ["ascii/only.wav"] * 3,
+])
+def test_path_array_returns_every_path_unchanged(paths):
+    array = dataset_module.PathArray.from_strings(paths)
+    assert len(array) == len(paths) and list(array) == paths
+    assert array[-1] == paths[-1] and array[1:3] == paths[1:3] and array[::-2] == paths[::-2]
+    assert paths[0] in array and "/nowhere.wav" not in array
+    with pytest.raises(IndexError):
+        array[len(paths)]
+
+
+def _resolve_with_isfile(paths):
+    """The file check as it was before issue 14: one os.path.isfile per file (and twin)."""
+    resolved, missing = [], []
+    for path in paths:
+        twin = os.path.splitext(path)[0] + ".m4a"
+        if os.path.isfile(path):
+            resolved.append(path)
+        elif path.lower().endswith(".wav") and os.path.isfile(twin):
+            resolved.append(twin)
+        else:
+            missing.append(path)
+    return resolved, missing
+
+
+def test_folder_listings_find_the_same_files_as_isfile(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "real.wav").write_bytes(b"x")
+    (tmp_path / "a" / "aac.m4a").write_bytes(b"x")                 # listed as aac.wav
+    (tmp_path / "a" / "UPPER.m4a").write_bytes(b"x")               # listed as UPPER.WAV
+    (tmp_path / "a" / "folder.wav").mkdir()                        # a folder is not a file
+    (tmp_path / "a" / "link.wav").symlink_to(tmp_path / "a" / "real.wav")
+    (tmp_path / "a" / "dangling.wav").symlink_to(tmp_path / "nowhere.wav")
+    (tmp_path / "linked").symlink_to(tmp_path / "a")               # a linked folder
+    (tmp_path / "top.wav").write_bytes(b"x")
+    names = ["real.wav", "aac.wav", "UPPER.WAV", "folder.wav", "link.wav", "dangling.wav",
+             "gone.wav", "gone.flac"]
+    paths = ([str(tmp_path / "a" / n) for n in names] + [str(tmp_path / "linked" / "aac.wav")]
+             + [str(tmp_path / "top.wav"), str(tmp_path / "a" / "real.wav" / "x.wav"),
+                str(tmp_path / "missing" / "x.wav"), str(tmp_path / "a") + "/"])
+    want, missing = _resolve_with_isfile(paths)
+    assert len(want) == 6 and len(missing) == 7          # the cases above, as os.path.isfile sees them
+    with pytest.raises(TrainDataError) as err:
+        dataset_module._resolve_files("list.txt", str(tmp_path), paths)
+    assert f"{len(missing)} of {len(paths)} files" in str(err.value)
+    assert all(path in str(err.value) for path in missing)
+    found = [p for p in paths if p not in missing]
+    assert dataset_module._resolve_files("list.txt", str(tmp_path), found) == (want, 3)
+    # A folder that cannot be listed: os.path.isfile decides, same answer.
+    monkeypatch.setattr(dataset_module.os, "scandir", _refuse)
+    assert dataset_module._resolve_files("list.txt", str(tmp_path), found) == (want, 3)
+
+
+def _refuse(path):
+    raise PermissionError(13, "Permission denied", path)
