@@ -181,9 +181,11 @@ def test_per_item_cost_does_not_depend_on_the_list_size(monkeypatch):
         labels = rng.permutation(np.arange(n) % 1_000).tolist()
         crops = TrainCrops([f"/d/{i}.wav" for i in range(n)], labels, max_frames=20)
         sizes[n] = (crops, rng.integers(0, n, 300).tolist())
-    # Interleaved rounds, best of each: a busy neighbour slows both sizes alike.
-    best = {n: min(_time_per_item(*sizes[n]) for _ in range(5)) for n in sizes}
-    assert best[200_000] < 3 * best[2_000], best
+    # Interleaved rounds, best of each: a busy neighbour slows both sizes alike. Quiet, the
+    # ratio is ~1.0; 4x leaves room for a loaded 2-core machine (seen: 2.2 at load 14).
+    rounds = [{n: _time_per_item(*sizes[n]) for n in sizes} for _ in range(7)]
+    best = {n: min(r[n] for r in rounds) for n in sizes}
+    assert best[200_000] < 4 * best[2_000], best
 
 
 def _python_objects(root) -> int:
