@@ -4,10 +4,14 @@ build and epoch plan, and the per-item cost of TrainCrops' speaker index (issue 
 A VoxCeleb2-dev-sized label set (1,092,009 utterances of 5,994 speakers) and a 59,940-line
 one over the same speakers (10 each) are built in memory; the list parse is timed from a
 temporary list file (``check_files=False``: the file checks need the files, see
-``--check-files`` for a smaller real tree). The audio reader is replaced by a function that
-returns zeros, so the per-item time is the index and bookkeeping alone.
+``--check-files``). The audio reader is replaced by a function that returns zeros, so the
+per-item time is the index and bookkeeping alone.
 
     python bench/bench_train_input.py [--items 2000] [--check-files 100000]
+
+``--check-files N`` also times the file checks of N listed ``.wav`` files present as
+``.wav``, as ``.m4a`` twins (VoxCeleb2's AAC) and as symlinks, against one
+``os.path.isfile`` per file.
 """
 from __future__ import annotations
 
@@ -61,7 +65,8 @@ def python_objects(root) -> int:
     return len(seen)
 
 
-def parse(lines: list[str], tmp: str, name: str) -> tuple[TrainList, float, float]:
+def parse(lines: list[str], tmp: str, name: str) -> tuple[TrainList, float, float, float]:
+    """(the list, seconds of TrainList.read, MB it holds, MB at its peak while reading)."""
     path = os.path.join(tmp, name)
     with open(path, "w") as f:
         f.writelines(lines)
@@ -71,9 +76,9 @@ def parse(lines: list[str], tmp: str, name: str) -> tuple[TrainList, float, floa
     gc.collect()
     tracemalloc.start()
     train_list = TrainList.read(path, "/data/voxceleb2", check_files=False)
-    held, _ = tracemalloc.get_traced_memory()
+    held, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return train_list, t.seconds, held / 2**20
+    return train_list, t.seconds, held / 2**20, peak / 2**20
 
 
 def sampler_times(labels, batch_size: int, n_speakers: int, max_seg: int) -> tuple[float, float, int]:
@@ -96,21 +101,46 @@ def per_item_seconds(train_list: TrainList, items: int) -> float:
     return t.seconds / items
 
 
-def resolve_seconds(files: int, tmp: str) -> float:
-    """``_resolve_files`` over ``files`` real empty files, 8 per folder, one in 16 a .m4a twin."""
-    root = os.path.join(tmp, "tree")
+def isfile_per_file(paths: list[str]) -> tuple[list[str], int]:
+    """The file check before issue 14: one ``os.path.isfile`` per file (and per twin)."""
+    resolved, substituted = [], 0
+    for path in paths:
+        twin = os.path.splitext(path)[0] + ".m4a"
+        if os.path.isfile(path):
+            resolved.append(path)
+        elif path.lower().endswith(".wav") and os.path.isfile(twin):
+            resolved.append(twin)
+            substituted += 1
+    return resolved, substituted
+
+
+def check_files_seconds(files: int, tmp: str, kind: str) -> tuple[float, float]:
+    """(folder listings, one isfile per file) seconds for ``files`` listed ``.wav`` files,
+    8 per folder, on disk as empty ``.wav`` files, as ``.m4a`` twins, or as symlinks."""
+    root = os.path.join(tmp, kind)
+    target = os.path.join(tmp, "target.wav")
+    open(target, "w").close()
     paths = []
     for n in range(files):
         folder = os.path.join(root, f"id{n // 800:05d}", f"v{n // 8:07d}")
         if n % 8 == 0:
             os.makedirs(folder)
         path = os.path.join(folder, f"{n % 8:05d}.wav")
-        open(path[:-4] + (".m4a" if n % 16 == 0 else ".wav"), "w").close()
+        if kind == "symlink":
+            os.symlink(target, path)
+        else:
+            open(path[:-4] + (".m4a" if kind == "m4a" else ".wav"), "w").close()
         paths.append(path)
-    with Timer() as t:
-        _, substituted = _resolve_files("list.txt", root, paths)
-    assert substituted == (files + 15) // 16
-    return t.seconds
+    listing, per_file = [], []
+    for _ in range(3):                     # alternating, medians: the page cache is warm for both
+        with Timer() as t:
+            new = _resolve_files("list.txt", root, paths)
+        listing.append(t.seconds)
+        with Timer() as t:
+            old = isfile_per_file(paths)
+        per_file.append(t.seconds)
+        assert new == old
+    return median(listing), median(per_file)
 
 
 def main() -> int:
@@ -124,12 +154,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, lines in (("small", list_lines(counts, SMALL_PER_SPEAKER)),
                             ("large", list_lines(counts))):
-            train_list, parse_s, held_mb = parse(lines, tmp, f"{name}.txt")
+            train_list, parse_s, held_mb, peak_mb = parse(lines, tmp, f"{name}.txt")
             objects = python_objects(train_list)
             print(f"{name}: {len(lines):,} lines; parse {parse_s:.2f} s; TrainList holds "
-                  f"{held_mb:.1f} MB in {objects:,} Python objects", flush=True)
+                  f"{held_mb:.1f} MB in {objects:,} Python objects (peak while reading "
+                  f"{peak_mb:.0f} MB)", flush=True)
             row("train_input_list", list=name, lines=len(lines), parse_s=round(parse_s, 3),
-                held_mb=round(held_mb, 1), python_objects=objects)
+                held_mb=round(held_mb, 1), peak_mb=round(peak_mb), python_objects=objects)
             for batch_size, n_speakers, max_seg in ((200, 2, 100), (200, 3, 3)):
                 init_s, plan_s, batches = sampler_times(train_list.labels, batch_size, n_speakers,
                                                         max_seg)
@@ -143,11 +174,12 @@ def main() -> int:
             row("train_input_item", list=name, item_us=round(item_s * 1e6, 1))
             del train_list
             gc.collect()
-        if args.check_files:
-            seconds = resolve_seconds(args.check_files, tmp)
-            print(f"file checks: {args.check_files:,} files in {seconds:.2f} s "
-                  f"({seconds / args.check_files * 1e6:.1f} us per file)", flush=True)
-            row("train_input_check_files", files=args.check_files, seconds=round(seconds, 3))
+        for kind in ("wav", "m4a", "symlink") if args.check_files else ():
+            listing, per_file = check_files_seconds(args.check_files, tmp, kind)
+            print(f"file checks, {args.check_files:,} {kind} files: folder listings {listing:.2f} s, "
+                  f"one isfile per file {per_file:.2f} s", flush=True)
+            row("train_input_check_files", files=args.check_files, kind=kind,
+                listing_s=round(listing, 3), isfile_s=round(per_file, 3))
     return 0
 
 

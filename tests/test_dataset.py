@@ -233,6 +233,12 @@ def test_path_array_returns_every_path_unchanged(paths):
         array[len(paths)]
 
 
+@pytest.mark.parametrize("root", ["", "/", "/data", "/data/", "rel/dir", "rel//"])
+def test_paths_are_joined_like_os_path_join(root):
+    relpaths = ["id1/v/0.wav", "/abs/x.wav", "a//b.wav", "./c.wav", "../d.wav"]
+    assert dataset_module._join_all(root, relpaths) == [os.path.join(root, r) for r in relpaths]
+
+
 def _resolve_with_isfile(paths):
     """The file check as it was before issue 14: one os.path.isfile per file (and twin)."""
     resolved, missing = [], []
