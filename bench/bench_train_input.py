@@ -20,7 +20,6 @@ import gc
 import os
 import sys
 import tempfile
-import time
 import tracemalloc
 
 import numpy as np
@@ -81,7 +80,8 @@ def parse(lines: list[str], tmp: str, name: str) -> tuple[TrainList, float, floa
     return train_list, t.seconds, held / 2**20, peak / 2**20
 
 
-def sampler_times(labels, batch_size: int, n_speakers: int, max_seg: int) -> tuple[float, float, int]:
+def sampler_times(labels, batch_size: int, n_speakers: int,
+                  max_seg: int) -> tuple[float, float, int]:
     with Timer() as t:
         sampler = SpeakerBatchSampler(labels, batch_size, n_speakers, max_seg, seed=1)
     plans = []
@@ -176,8 +176,8 @@ def main() -> int:
             gc.collect()
         for kind in ("wav", "m4a", "symlink") if args.check_files else ():
             listing, per_file = check_files_seconds(args.check_files, tmp, kind)
-            print(f"file checks, {args.check_files:,} {kind} files: folder listings {listing:.2f} s, "
-                  f"one isfile per file {per_file:.2f} s", flush=True)
+            print(f"file checks, {args.check_files:,} {kind} files: folder listings "
+                  f"{listing:.2f} s, one isfile per file {per_file:.2f} s", flush=True)
             row("train_input_check_files", files=args.check_files, kind=kind,
                 listing_s=round(listing, 3), isfile_s=round(per_file, 3))
     return 0

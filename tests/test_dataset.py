@@ -269,7 +269,7 @@ def test_folder_listings_find_the_same_files_as_isfile(tmp_path, monkeypatch):
              + [str(tmp_path / "top.wav"), str(tmp_path / "a" / "real.wav" / "x.wav"),
                 str(tmp_path / "missing" / "x.wav"), str(tmp_path / "a") + "/"])
     want, missing = _resolve_with_isfile(paths)
-    assert len(want) == 6 and len(missing) == 7          # the cases above, as os.path.isfile sees them
+    assert len(want) == 6 and len(missing) == 7         # the cases above, per os.path.isfile
     with pytest.raises(TrainDataError) as err:
         dataset_module._resolve_files("list.txt", str(tmp_path), paths)
     assert f"{len(missing)} of {len(paths)} files" in str(err.value)
