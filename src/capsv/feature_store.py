@@ -55,7 +55,7 @@ def weights_digest(net: torch.nn.Module) -> str:
     for name, tensor in sorted(net.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 
