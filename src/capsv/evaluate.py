@@ -3,8 +3,9 @@
 1. Validate everything first (list syntax, every missing file, every unreadable header,
    wrong sample rates) so bad input fails before any network work.
 2. Run every distinct file through the backbone once: ``num_eval`` crops of ``eval_frames``.
-   TAP/SAP keep the crops' unit-norm embeddings; CAP keeps the frames and their
-   meta-projections.
+   TAP/SAP keep the mean of the crops' unit-norm embeddings (one vector a file); CAP keeps
+   the frames and their meta-projections, by default in a memory-mapped disk store
+   (:mod:`capsv.feature_store`), so RAM does not grow with the number of files.
 3. Score trials in chunks. TAP/SAP: the mean of the crops' cosine matrix equals the dot
    product of the mean unit embeddings. CAP with fixed-size crops: the low-cost exact form,
    with a chunk's trials grouped by file so each file's work is a few large matmuls
