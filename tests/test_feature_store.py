@@ -204,3 +204,23 @@ def test_a_cache_in_use_or_unusable_is_a_one_line_error(reference_dir, corpus, t
                      "--nDataLoaderThread", "0", "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "--eval_cache" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cohort_statistics_in_blocks_equal_the_whole_table():
+    """AS-norm's (files, cohort) table is built a block of files at a time, never whole."""
+    from capsv.evaluate import FileFeatures, _cohort_side_stats, cohort_scores
+    from capsv.scorenorm import cohort_stats
+
+    class Net:
+        pairwise = False
+
+    feats, gen = FileFeatures(), torch.Generator().manual_seed(0)
+    for i in range(50):
+        feats.keep_mean(i, torch.nn.functional.normalize(torch.randn(8, generator=gen), dim=0), 50)
+    cohort = np.array([3, 10, 20, 30, 40, 41, 42, 45, 49])      # 3 and 10 are trial files too
+    mean, std = _cohort_side_stats(Net(), feats, 30, cohort, top_n=4, progress=False, entries=40)
+    table = cohort_scores(Net(), feats, np.arange(30), cohort, progress=False)
+    table[np.arange(30)[:, None] == cohort[None, :]] = -np.inf
+    whole_mean, whole_std = cohort_stats(table, 4)
+    np.testing.assert_array_equal(mean, whole_mean)
+    np.testing.assert_array_equal(std, whole_std)

@@ -508,18 +508,32 @@ def _score_list(net: SpeakerNet, feats: FileFeatures, trials: list[Trial], files
     if score_norm is None:
         return EvalResult(trials, scores, compute_metrics(scores, labels), skipped_files=skipped,
                           skipped_trials=n_listed - len(trials))
-    # One row of cohort scores per trial file (CAP's score is symmetric, spec §3), the file
-    # itself left out when it is also in the cohort.
     cohort_ids = np.array([index[p] for p in cohort])
-    file_ids = np.arange(len(files))
-    table = cohort_scores(net, feats, file_ids, cohort_ids, progress=progress)
-    table[file_ids[:, None] == cohort_ids[None, :]] = -np.inf
-    mean, std = cohort_stats(table, score_norm.top_n)
+    mean, std = _cohort_side_stats(net, feats, len(files), cohort_ids, score_norm.top_n, progress)
     normed = adaptive_snorm(scores, mean[pairs[:, 0]], std[pairs[:, 0]],
                             mean[pairs[:, 1]], std[pairs[:, 1]])
     return EvalResult(trials, normed, compute_metrics(normed, labels),
                       raw_scores=scores, raw_metrics=compute_metrics(scores, labels),
                       skipped_files=skipped, skipped_trials=n_listed - len(trials))
+
+
+def _cohort_side_stats(net: SpeakerNet, feats: FileFeatures, n_files: int, cohort_ids: np.ndarray,
+                       top_n: int, progress: bool, entries: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """AS-norm mean and std (n_files,) of each trial file's top cohort scores.
+
+    One row of cohort scores per trial file (CAP's score is symmetric, spec §3), the file
+    itself left out when it is also in the cohort; computed for blocks of files of at most
+    ``entries`` scores, so the (files, cohort) table is never held whole."""
+    block = max(1, entries // len(cohort_ids))
+    means, stds = [], []
+    for start in range(0, n_files, block):
+        file_ids = np.arange(start, min(start + block, n_files))
+        table = cohort_scores(net, feats, file_ids, cohort_ids, progress=progress)
+        table[file_ids[:, None] == cohort_ids[None, :]] = -np.inf
+        mean, std = cohort_stats(table, top_n)
+        means.append(mean)
+        stds.append(std)
+    return np.concatenate(means), np.concatenate(stds)
 
 
 def validate_cohort(norm: ScoreNorm) -> list[str]:
