@@ -169,20 +169,21 @@ class SpeakerVerifier:
     def embed_many(self, xs: Sequence, crops: bool = False, progress: bool = False) -> list[np.ndarray]:
         """:meth:`embed` for a list of inputs, batched."""
         sources, index = self._collect(list(xs))
-        feats = self._features(sources, progress)
+        feats = self._features(sources, progress, keep_crops=crops)
         return [self._embedding_of(feats, i, crops) for i in index]
 
     def _embedding_of(self, feats: FileFeatures, i: int, crops: bool) -> np.ndarray:
         if self.pairwise:
             return feats.frames[i].float().cpu().numpy()
-        emb = feats.emb[i] if crops else feats.emb[i].mean(dim=0)
+        emb = feats.emb[i] if crops else feats.mean_embedding(i)
         return emb.float().cpu().numpy()
 
     # -- inputs --------------------------------------------------------------------------
 
-    def _features(self, sources: list, progress: bool) -> FileFeatures:
+    def _features(self, sources: list, progress: bool, keep_crops: bool = False) -> FileFeatures:
         return extract_features(self.net, sources, self.eval_frames, self.num_eval,
-                                device=self.device, workers=0, progress=progress)
+                                device=self.device, workers=0, progress=progress,
+                                keep_crops=keep_crops)
 
     def _collect(self, inputs: list) -> tuple[list, list[int]]:
         """Distinct sources (paths, or int16-scale float32 waveforms) and each input's index."""

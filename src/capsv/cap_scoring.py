@@ -69,8 +69,11 @@ class GroupedCapScorer:
                  buffer_mb: float = DEFAULT_BUFFER_MB):
         self.frames, self.proj = frames_store, proj_store
         _, self.n, self.d, self.t = frames_store.shape
+        # The stores may be CPU memory maps of a disk store (capsv.feature_store) while the
+        # head computes on a GPU: each file's features are then moved there as it is used.
+        self.device = cap.fc.device
         # Crop means over tau: the summaries, then the logits, come out divided by tau.
-        self.means = proj_store.mean(dim=2) / cap.temperature               # (files, N, D)
+        self.means = self._per_file(proj_store, lambda h: h.mean(dim=2)) / cap.temperature  # (files, N, D)
         self.r_t = projection_factor(cap.fc).t().contiguous()                # (D, E'), E' <= D
         self.e = self.r_t.shape[1]
         self.scale, self.shift = bn_affine(cap.att_bn, self.t)
@@ -80,10 +83,16 @@ class GroupedCapScorer:
         if self.scale_in_r:
             self.r_t = self.r_t * self.scale[:, None]
             self.shift = self.shift / self.scale
-            self.frame_sums = frames_store.sum(dim=3)                        # (files, N, D)
+            self.frame_sums = self._per_file(frames_store, lambda x: x.sum(dim=3))   # (files, N, D)
         job_bytes = self.n * self.n * self.d * frames_store.element_size()
         self.chunk = max(1, int(buffer_mb * 2**20 // (2 * job_bytes)))     # trials per chunk
         self.buffer = None
+
+    def _per_file(self, store: torch.Tensor, reduce, files: int = 1024) -> torch.Tensor:
+        """``reduce`` of every file's features, on the head's device, ``files`` at a time (a
+        disk store is then read once, in order, and never copied whole)."""
+        return torch.cat([reduce(store[a:a + files].to(self.device))
+                          for a in range(0, store.shape[0], files)])
 
     def score(self, pairs: np.ndarray, on_chunk=None) -> np.ndarray:
         """Scores of (support file, query file) index pairs, float64, in the pairs' order.
@@ -128,14 +137,15 @@ class GroupedCapScorer:
     def _rows(self, jobs: int) -> torch.Tensor:
         """The buffer, allocated once at the largest chunk's size, as (jobs N, N D) rows."""
         if self.buffer is None or self.buffer.shape[0] < jobs * self.n:
-            self.buffer = self.frames.new_empty((jobs * self.n, self.n * self.d))
+            self.buffer = torch.empty((jobs * self.n, self.n * self.d), dtype=self.frames.dtype,
+                                      device=self.device)
         return self.buffer[:jobs * self.n]
 
     def _summaries(self, p: int, owners: np.ndarray, rows: torch.Tensor, dest: np.ndarray) -> None:
         """summary[i, j] of every job whose partner is file p, as two large matmuls, written
         to the rows ``dest`` (k, N_own)."""
         n, t, d = self.n, self.t, self.d
-        h = self.proj[p]                                                     # (N_p, T, D)
+        h = self.proj[p].to(self.device)                                     # (N_p, T, D)
         means = self.means[torch.from_numpy(owners).to(h.device)].reshape(-1, d)   # (k N_own, D)
         ctx = torch.mm(h.reshape(n * t, d), means.t()).reshape(n, t, -1)    # (N_p, T, k N_own)
         summary = torch.bmm(ctx.transpose(1, 2), h)                          # (N_p, k N_own, D)
@@ -146,13 +156,13 @@ class GroupedCapScorer:
         """Replace the summaries in own file f's block by its jobs' unit vectors v[i, j]."""
         n, d, e = self.n, self.d, self.e
         summary = block.view(n, k * n, d)                                     # (N_own, k N_p, D)
-        logits = torch.bmm(summary, self.proj[f].transpose(1, 2))           # (N_own, k N_p, T)
+        logits = torch.bmm(summary, self.proj[f].to(self.device).transpose(1, 2))  # (N_own, k N_p, T)
         # BN(X (softmax + 1) / T) = softmax @ Xs + (Xs 1 + shift), Xs = X scaled per channel:
         # one fused baddbmm instead of separate passes for +1, 1/T and the BN affine.
         if self.scale_in_r:
-            xs, x_sum = self.frames[f], self.frame_sums[f]
+            xs, x_sum = self.frames[f].to(self.device), self.frame_sums[f]
         else:
-            xs = self.frames[f] * self.scale[:, None]                        # (N_own, D, T)
+            xs = self.frames[f].to(self.device) * self.scale[:, None]        # (N_own, D, T)
             x_sum = xs.sum(dim=2)
         offset = (x_sum + self.shift).unsqueeze(1)                           # (N_own, 1, D)
         pooled = torch.baddbmm(offset, torch.softmax(logits, dim=-1), xs.transpose(1, 2))

@@ -183,13 +183,13 @@ def _file_features_of_share(net, paths, share, eval_frames, num_eval, device, wo
     """{global file index: tensors on CPU} for this rank's ``share`` of ``paths``."""
     from .evaluate import extract_features
     feats = extract_features(net, [paths[i] for i in share], eval_frames, num_eval,
-                             device=device, workers=workers, progress=False)
+                             device=device, workers=workers, progress=False, keep_crops=False)
     out = {}
     for local, index in enumerate(share):
         if net.pairwise:
             out[int(index)] = (feats.frames[local].cpu(), feats.proj[local].cpu())
         else:
-            out[int(index)] = feats.emb[local].cpu()
+            out[int(index)] = feats.mean_embedding(local).cpu()    # (E,): all scoring needs
     return out
 
 
@@ -220,7 +220,7 @@ def evaluate_sharded(net, test_list: str, test_path: str, eval_frames: int, num_
                 elif net.pairwise:
                     feats.frames[index], feats.proj[index] = value[0].to(device), value[1].to(device)
                 else:
-                    feats.emb[index] = value.to(device)
+                    feats.keep_mean(index, value.to(device), len(paths))
         rel = {f: i for i, f in enumerate(files)}
         pairs = np.array([(rel[t.path1], rel[t.path2]) for t in trials], dtype=np.int64)
         scores = score_pairs(net, feats, pairs, progress=progress)

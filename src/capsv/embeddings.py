@@ -67,12 +67,12 @@ def embed_files(net: SpeakerNet, root: str, keys: list[str], eval_frames: int = 
     """Embeddings (TAP/SAP) or frame features (CAP) of ``root/key`` for every key."""
     paths = [os.path.join(root, k) for k in keys]
     feats = extract_features(net, paths, eval_frames, num_eval, device=device, workers=workers,
-                             progress=progress)
+                             progress=progress, keep_crops=False)
     meta = {"capsv_version": __version__, "model_config": dict(net.config),
             "eval_frames": eval_frames, "num_eval": num_eval,
             "content": "frames" if net.pairwise else "embeddings"}
     if not net.pairwise:
-        emb = torch.stack([feats.emb[i].mean(dim=0) for i in range(len(keys))])
+        emb = feats.mean_embeddings(np.arange(len(keys)))
         return EmbeddingSet(list(keys), embeddings=emb.float().cpu().numpy(), meta=meta)
     lengths = np.array([feats.frames[i].shape[-1] for i in range(len(keys))], dtype=np.int64)
     first = feats.frames[0]

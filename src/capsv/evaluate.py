@@ -3,8 +3,9 @@
 1. Validate everything first (list syntax, every missing file, every unreadable header,
    wrong sample rates) so bad input fails before any network work.
 2. Run every distinct file through the backbone once: ``num_eval`` crops of ``eval_frames``.
-   TAP/SAP keep the crops' unit-norm embeddings; CAP keeps the frames and their
-   meta-projections.
+   TAP/SAP keep the mean of the crops' unit-norm embeddings (one vector a file); CAP keeps
+   the frames and their meta-projections, by default in a memory-mapped disk store
+   (:mod:`capsv.feature_store`), so RAM does not grow with the number of files.
 3. Score trials in chunks. TAP/SAP: the mean of the crops' cosine matrix equals the dot
    product of the mean unit embeddings. CAP with fixed-size crops: the low-cost exact form,
    with a chunk's trials grouped by file so each file's work is a few large matmuls
@@ -31,11 +32,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import faults
+from . import faults, feature_store
 from .cap_scoring import GroupedCapScorer
 from .audio import (SAMPLE_RATE, AudioError, audio_info, crop_samples, eval_crops, frames_that_fit,
                     load_audio, load_eval_crops)
 from .errors import CapsvError
+from .feature_store import IN_MEMORY, FeatureStore, StoreWriter
 from .data.dataset import ignore_stop_signals
 from .data.lists import Trial, missing_files, read_audio_list, read_trials, trial_files
 from .metrics import Metrics, compute_metrics
@@ -150,18 +152,28 @@ def _batches_of_files(dataset: EvalCrops, files_per_batch: int, workers: int):
 
 @dataclass
 class FileFeatures:
-    """Per-file evaluation features. TAP/SAP: ``emb`` (num_eval, E) unit-norm.
+    """Per-file evaluation features, keyed by file index.
+
+    TAP/SAP: ``mean_emb`` (E,) the mean of the file's unit-norm crop embeddings (all scoring
+    needs: the mean of a 10 x 10 crop cosine matrix is the dot product of the two means), with
+    every file's row in ``mean_store`` (N, E); ``emb`` (num_eval, E) the unit-norm crop
+    embeddings themselves, kept only when asked (``keep_crops``).
     CAP: ``frames`` (num_eval, D, T) and ``proj`` (num_eval, T, D) unit-norm projections.
 
     With fixed-size crops the CAP features live in two contiguous stores, (N, num_eval, D, T)
     and (N, num_eval, T, D), and the dict entries are views of them: scoring then gathers a
     chunk of trials with one ``index_select`` into reused buffers instead of stacking copies.
+    Disk-backed features (``store``, :mod:`capsv.feature_store`) have the same fields, as
+    read-only maps of the store's files and mappings that build each view on access.
     """
     emb: dict[int, torch.Tensor] = field(default_factory=dict)
     frames: dict[int, torch.Tensor] = field(default_factory=dict)
     proj: dict[int, torch.Tensor] = field(default_factory=dict)
     frames_store: torch.Tensor | None = None
     proj_store: torch.Tensor | None = None
+    mean_emb: dict[int, torch.Tensor] = field(default_factory=dict)
+    mean_store: torch.Tensor | None = None
+    store: FeatureStore | None = None
 
     def keep_cap(self, index: int, frames: torch.Tensor, proj: torch.Tensor, capacity: int) -> None:
         if self.frames_store is None:
@@ -171,33 +183,112 @@ class FileFeatures:
         self.proj_store[index] = proj
         self.frames[index], self.proj[index] = self.frames_store[index], self.proj_store[index]
 
+    def keep_mean(self, index: int, mean: torch.Tensor, capacity: int) -> None:
+        """Keep file ``index``'s mean unit crop embedding (E,) in the (capacity, E) store."""
+        if self.mean_store is None:
+            self.mean_store = mean.new_empty((capacity, *mean.shape))
+        self.mean_store[index] = mean
+        self.mean_emb[index] = self.mean_store[index]
+
+    def mean_embedding(self, index: int) -> torch.Tensor:
+        """(E,) mean unit crop embedding of file ``index`` (from ``emb`` when built by hand)."""
+        return self.mean_emb[index] if index in self.mean_emb else self.emb[index].mean(dim=0)
+
+    def mean_embeddings(self, indices: np.ndarray) -> torch.Tensor:
+        """(len(indices), E) mean embeddings, gathered in one step from ``mean_store``."""
+        if self.mean_store is None:
+            return torch.stack([self.mean_embedding(int(i)) for i in indices])
+        where = torch.from_numpy(np.ascontiguousarray(indices, dtype=np.int64))
+        return self.mean_store.index_select(0, where.to(self.mean_store.device))
+
+    @classmethod
+    def from_store(cls, store: FeatureStore, fixed_size: bool) -> "FileFeatures":
+        """Features read from ``store``; CAP stores are stacked only for fixed-size crops."""
+        feats = cls(store=store)
+        if "emb" in store.names():
+            feats.mean_emb, feats.mean_store = store.rows("emb"), store.stacked("emb")
+            return feats
+        feats.frames, feats.proj = store.rows("frames"), store.rows("proj")
+        if fixed_size:
+            feats.frames_store, feats.proj_store = store.stacked("frames"), store.stacked("proj")
+        return feats
+
+    def close(self) -> None:
+        """Release a disk store (its maps, files and folder lock); a no-op in memory."""
+        if self.store is not None:
+            self.store.close()
+
 
 @torch.inference_mode()
 def extract_features(net: SpeakerNet, paths: list, eval_frames: int = 350, num_eval: int = 10,
                      device: torch.device | str = "cpu", workers: int = 0,
-                     files_per_batch: int = 4, progress: bool = True) -> FileFeatures:
-    """Features of every source (path or int16-scale waveform), keyed by position in ``paths``."""
+                     files_per_batch: int = 4, progress: bool = True, *,
+                     keep_crops: bool = True, cache: str | None = IN_MEMORY) -> FileFeatures:
+    """Features of every source (path or int16-scale waveform), keyed by position in ``paths``.
+
+    ``cache``: ``IN_MEMORY`` (":memory:") keeps tensors on ``device``; ``None`` writes them to
+    a temporary disk store that vanishes with the process; a folder keeps them there for
+    reruns (:mod:`capsv.feature_store`; sources must then be paths). ``keep_crops``: TAP/SAP
+    also keep the crop embeddings (``emb``), not only their mean (in memory only).
+    """
     net.eval()
-    feats = FileFeatures()
     if eval_frames <= 0:
         files_per_batch = 1  # whole utterances differ in length
+    names = ["frames", "proj"] if net.pairwise else ["emb"]
+    sink = None
+    if cache != IN_MEMORY:
+        key = None
+        if cache is not None:
+            if not all(isinstance(p, str) for p in paths):
+                raise ValueError("a feature cache folder needs file paths, not waveforms")
+            key = feature_store.cache_key(net, paths, eval_frames, num_eval)
+        sink = feature_store.begin(len(paths), names, cache, key)
+        if isinstance(sink, FeatureStore):
+            return FileFeatures.from_store(sink, fixed_size=eval_frames > 0)
+    feats = FileFeatures()
     dataset = EvalCrops(paths, eval_frames, num_eval)
     bar = tqdm(total=len(paths), desc="files", unit="file", disable=not progress, leave=False)
-    for batch in _batches_of_files(dataset, files_per_batch, workers):
-        indices = [i for i, _ in batch]
-        counts = [c.shape[0] for _, c in batch]
-        frames = net.frames(torch.cat([c for _, c in batch]).to(device))
-        for index, part in zip(indices, frames.split(counts)):
-            if net.pairwise and eval_frames > 0:
-                feats.keep_cap(index, part, net.pooling.project(part), len(paths))
-            elif net.pairwise:
-                feats.frames[index] = part
-                feats.proj[index] = net.pooling.project(part)
-            else:
-                feats.emb[index] = F.normalize(net.pooling(part), dim=-1)
-        bar.update(len(batch))
-    bar.close()
-    return feats
+    try:
+        for batch in _batches_of_files(dataset, files_per_batch, workers):
+            indices = [i for i, _ in batch]
+            counts = [c.shape[0] for _, c in batch]
+            frames = net.frames(torch.cat([c for _, c in batch]).to(device))
+            for index, part in zip(indices, frames.split(counts)):
+                _keep_file(net, feats, sink, index, part, len(paths), eval_frames > 0, keep_crops)
+            bar.update(len(batch))
+            faults.kill_if("kill_during_extract")   # test hook: a store half written
+    except BaseException:
+        if sink is not None:
+            sink.abandon()
+        raise
+    finally:
+        bar.close()
+    if sink is None:
+        return feats
+    return FileFeatures.from_store(sink.finish(), fixed_size=eval_frames > 0)
+
+
+def _keep_file(net: SpeakerNet, feats: FileFeatures, sink: StoreWriter | None, index: int,
+               part: torch.Tensor, n_files: int, fixed_size: bool, keep_crops: bool) -> None:
+    """Keep one file's features (``part``: its backbone frames (crops, D, T)) in ``feats``
+    (memory) or append them to the disk store ``sink``."""
+    if net.pairwise:
+        proj = net.pooling.project(part)
+        if sink is not None:
+            sink.append("frames", index, part.cpu().numpy())
+            sink.append("proj", index, proj.cpu().numpy())
+        elif fixed_size:
+            feats.keep_cap(index, part, proj, n_files)
+        else:
+            feats.frames[index], feats.proj[index] = part, proj
+        return
+    crops = F.normalize(net.pooling(part), dim=-1)
+    if sink is not None:
+        sink.append("emb", index, crops.mean(dim=0).cpu().numpy())
+        return
+    feats.keep_mean(index, crops.mean(dim=0), n_files)
+    if keep_crops:
+        feats.emb[index] = crops
 
 
 @torch.inference_mode()
@@ -211,32 +302,34 @@ def score_pairs(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
     scores = np.empty(len(pairs), dtype=np.float64)
     bar = tqdm(total=len(pairs), desc="trials", unit="trial", disable=not progress, leave=False)
     if not net.pairwise:
-        means = {i: e.mean(dim=0) for i, e in feats.emb.items()}
-        for start in range(0, len(pairs), 4096):
-            part = pairs[start:start + 4096]
-            a = torch.stack([means[i] for i in part[:, 0]])
-            b = torch.stack([means[i] for i in part[:, 1]])
+        # The mean of the crops' cosine matrix is the dot product of the mean unit embeddings.
+        # 1024 trials a step: a few MB of gathered vectors, whatever the list's length.
+        for start in range(0, len(pairs), 1024):
+            part = pairs[start:start + 1024]
+            a, b = feats.mean_embeddings(part[:, 0]), feats.mean_embeddings(part[:, 1])
             scores[start:start + len(part)] = (a * b).sum(dim=1).double().cpu().numpy()
             bar.update(len(part))
         bar.close()
         return scores
-    # Trials whose sides have the same frame counts can share one batched call.
+    # Trials whose sides have the same frame counts can share one batched call (fixed-size
+    # stores hold one shape only).
     buckets = defaultdict(list)
-    for row, (i, j) in enumerate(pairs):
-        buckets[(feats.frames[i].shape, feats.frames[j].shape)].append(row)
+    if feats.frames_store is None:
+        for row, (i, j) in enumerate(pairs):
+            buckets[(feats.frames[i].shape, feats.frames[j].shape)].append(row)
     if len(buckets) > 1:  # whole utterances: pad and mask instead of one call per length pair
         _score_cap_padded(net, feats, pairs, scores, chunk, bar)
         bar.close()
         return scores
     if feats.frames_store is not None and not net.pooling.training and not net.pooling.literal:
         # Eval-mode CAP on fixed-size crops: trials grouped by file into large matmuls.
-        scorer = GroupedCapScorer(net.pooling, feats.frames_store, feats.proj_store)
+        scorer = GroupedCapScorer(net.pooling, *_stores_where_scored(net, feats))
         scores[:] = scorer.score(pairs, on_chunk=bar.update)
         bar.close()
         return scores
     if feats.frames_store is not None:
         # Small chunks stay in cache on a CPU (16 measured best of 16/64/256); a GPU wants many.
-        per_call = chunk if feats.frames_store.is_cuda else min(chunk, 16)
+        per_call = chunk if _device_of(net).type == "cuda" else min(chunk, 16)
         _score_cap_stored(net, feats, pairs, scores, per_call, bar)
         bar.close()
         return scores
@@ -259,7 +352,7 @@ def _score_cap_stored(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
     """Fixed-size CAP trials, ``chunk`` at a time, gathered into buffers allocated once
     (fresh multi-megabyte allocations per chunk cost more than the arithmetic on CPU)."""
     frames_store, proj_store = feats.frames_store, feats.proj_store
-    device = frames_store.device
+    device = frames_store.device              # a disk store's maps are on the CPU
     buffers = [frames_store.new_empty((chunk, *frames_store.shape[1:])) for _ in range(2)]
     buffers += [proj_store.new_empty((chunk, *proj_store.shape[1:])) for _ in range(2)]
     index = torch.from_numpy(np.ascontiguousarray(pairs)).to(device)
@@ -271,6 +364,7 @@ def _score_cap_stored(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
         torch.index_select(frames_store, 0, qry, out=query)
         torch.index_select(proj_store, 0, sup, out=hs)
         torch.index_select(proj_store, 0, qry, out=hq)
+        support, query, hs, hq = (t.to(_device_of(net)) for t in (support, query, hs, hq))
         cos = net.pooling.score_grouped(support, query, hs=hs, hq=hq)
         scores[start:start + n] = cos.flatten(1).mean(dim=1).double().cpu().numpy()
         bar.update(n)
@@ -287,7 +381,8 @@ def _score_cap_padded(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
     """
     length = {i: f.shape[0] * f.shape[2] for i, f in feats.frames.items()}
     order = sorted(range(len(pairs)), key=lambda r: (length[pairs[r, 0]], length[pairs[r, 1]]))
-    on_gpu = next(iter(feats.frames.values())).is_cuda
+    device = _device_of(net)
+    on_gpu = device.type == "cuda"
     budget = (chunk if on_gpu else max(1, chunk // 8)) * 2 * 10 * 88
     start = 0
     while start < len(order):
@@ -300,15 +395,33 @@ def _score_cap_padded(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
             stop += 1
         part = order[start:stop]
         sup, qry = pairs[part, 0], pairs[part, 1]
-        support, mask_s = pad_frames([feats.frames[i] for i in sup])
-        query, mask_q = pad_frames([feats.frames[i] for i in qry])
-        hs, _ = pad_frames([feats.proj[i].transpose(1, 2) for i in sup])
-        hq, _ = pad_frames([feats.proj[i].transpose(1, 2) for i in qry])
+        # Read from a disk store only now, a batch at a time (a no-op move in memory).
+        support, mask_s = pad_frames([feats.frames[i].to(device) for i in sup])
+        query, mask_q = pad_frames([feats.frames[i].to(device) for i in qry])
+        hs, _ = pad_frames([feats.proj[i].to(device).transpose(1, 2) for i in sup])
+        hq, _ = pad_frames([feats.proj[i].to(device).transpose(1, 2) for i in qry])
         cos = net.pooling.score_grouped(support, query, hs=hs.transpose(2, 3), hq=hq.transpose(2, 3),
                                         support_mask=mask_s, query_mask=mask_q)   # (G, Nq, Ns)
         scores[part] = cos.flatten(1).mean(dim=1).double().cpu().numpy()
         bar.update(len(part))
         start = stop
+
+
+def _stores_where_scored(net, feats: FileFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed-size CAP stores, moved whole to the head's GPU when a disk store's maps take
+    at most half its free memory (VoxCeleb1-O: 4 GB); else the scorer moves file by file."""
+    frames, proj = feats.frames_store, feats.proj_store
+    device = _device_of(net)
+    if device.type == "cuda" and frames.device != device:
+        need = (frames.numel() + proj.numel()) * frames.element_size()
+        if need <= torch.cuda.mem_get_info(device)[0] // 2:
+            frames, proj = frames.to(device), proj.to(device)
+    return frames, proj
+
+
+def _device_of(net) -> torch.device:
+    """Where the pooling head computes (disk-backed features are moved there as read)."""
+    return next(net.pooling.parameters()).device
 
 
 @dataclass
@@ -339,7 +452,14 @@ class ScoreNorm:
 def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: int = 350,
                   num_eval: int = 10, device: torch.device | str = "cpu", workers: int = 0,
                   progress: bool = True, score_norm: ScoreNorm | None = None,
-                  on_bad_audio: str = "error") -> EvalResult:
+                  on_bad_audio: str = "error", eval_cache: str | None = None) -> EvalResult:
+    """Score every trial of ``test_list`` (spec §5).
+
+    ``eval_cache``: where the features wait to be scored. ``None`` (default): a temporary disk
+    store that vanishes with the process, so memory does not grow with the file count; a
+    folder: kept there and reused by a rerun with the same model, protocol and files
+    (:mod:`capsv.feature_store`); ``":memory:"``: in RAM (or on the GPU), as before.
+    """
     trials = read_trials(test_list)
     all_files = trial_files(trials)
     files = validate_inputs(trials, test_path, test_list, on_bad_audio, eval_frames)
@@ -369,25 +489,51 @@ def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: 
     pairs = np.array([(rel_index[t.path1], rel_index[t.path2]) for t in trials], dtype=np.int64)
     net = net.to(device)
     feats = extract_features(net, paths, eval_frames, num_eval, device=device, workers=workers,
-                             progress=progress)
-    faults.kill_if("kill_during_eval")      # test hook (capsv.faults): features read, not scored
+                             progress=progress, keep_crops=False, cache=eval_cache)
+    try:
+        faults.kill_if("kill_during_eval")      # test hook (capsv.faults): features read, not scored
+        return _score_list(net, feats, trials, files, pairs, index, cohort, score_norm,
+                           skipped, n_listed, progress)
+    finally:
+        feats.close()
+
+
+def _score_list(net: SpeakerNet, feats: FileFeatures, trials: list[Trial], files: list[str],
+                pairs: np.ndarray, index: dict[str, int], cohort: list[str],
+                score_norm: ScoreNorm | None, skipped: list[str], n_listed: int,
+                progress: bool) -> EvalResult:
+    """The trials' scores and metrics, AS-normalised against the cohort when asked."""
     scores = score_pairs(net, feats, pairs, progress=progress)
     labels = [t.label for t in trials]
     if score_norm is None:
         return EvalResult(trials, scores, compute_metrics(scores, labels), skipped_files=skipped,
                           skipped_trials=n_listed - len(trials))
-    # One row of cohort scores per trial file (CAP's score is symmetric, spec §3), the file
-    # itself left out when it is also in the cohort.
     cohort_ids = np.array([index[p] for p in cohort])
-    file_ids = np.arange(len(files))
-    table = cohort_scores(net, feats, file_ids, cohort_ids, progress=progress)
-    table[file_ids[:, None] == cohort_ids[None, :]] = -np.inf
-    mean, std = cohort_stats(table, score_norm.top_n)
+    mean, std = _cohort_side_stats(net, feats, len(files), cohort_ids, score_norm.top_n, progress)
     normed = adaptive_snorm(scores, mean[pairs[:, 0]], std[pairs[:, 0]],
                             mean[pairs[:, 1]], std[pairs[:, 1]])
     return EvalResult(trials, normed, compute_metrics(normed, labels),
                       raw_scores=scores, raw_metrics=compute_metrics(scores, labels),
                       skipped_files=skipped, skipped_trials=n_listed - len(trials))
+
+
+def _cohort_side_stats(net: SpeakerNet, feats: FileFeatures, n_files: int, cohort_ids: np.ndarray,
+                       top_n: int, progress: bool, entries: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """AS-norm mean and std (n_files,) of each trial file's top cohort scores.
+
+    One row of cohort scores per trial file (CAP's score is symmetric, spec §3), the file
+    itself left out when it is also in the cohort; computed for blocks of files of at most
+    ``entries`` scores, so the (files, cohort) table is never held whole."""
+    block = max(1, entries // len(cohort_ids))
+    means, stds = [], []
+    for start in range(0, n_files, block):
+        file_ids = np.arange(start, min(start + block, n_files))
+        table = cohort_scores(net, feats, file_ids, cohort_ids, progress=progress)
+        table[file_ids[:, None] == cohort_ids[None, :]] = -np.inf
+        mean, std = cohort_stats(table, top_n)
+        means.append(mean)
+        stds.append(std)
+    return np.concatenate(means), np.concatenate(stds)
 
 
 def validate_cohort(norm: ScoreNorm) -> list[str]:
@@ -409,8 +555,7 @@ def cohort_scores(net: SpeakerNet, feats: FileFeatures, file_ids: np.ndarray,
     through the batched pairwise engine, the file as support.
     """
     if not net.pairwise:
-        files = torch.stack([feats.emb[i].mean(dim=0) for i in file_ids])
-        cohort = torch.stack([feats.emb[i].mean(dim=0) for i in cohort_ids])
+        files, cohort = feats.mean_embeddings(file_ids), feats.mean_embeddings(cohort_ids)
         return (files @ cohort.T).double().cpu().numpy()
     pairs = np.stack(np.meshgrid(file_ids, cohort_ids, indexing="ij"), axis=-1).reshape(-1, 2)
     return score_pairs(net, feats, pairs, progress=progress).reshape(len(file_ids), len(cohort_ids))
