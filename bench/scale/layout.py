@@ -88,18 +88,23 @@ def layout_dir(root: str, scale: float) -> str:
 
 
 # --------------------------------------------------------------------------- the pool
-def build_pool(root: str, progress: bool = False) -> tuple[list[str], list[str]]:
-    """(wav clips, m4a clips): absolute paths of the pool, generated once under root/pool."""
+def build_pool(root: str, speakers: int = POOL_SPEAKERS,
+               progress: bool = False) -> tuple[list[str], list[str]]:
+    """(wav clips, m4a clips): absolute paths of the pool, generated once under root/pool
+    (root/pool-<speakers> for a pool of another size: tests use one of short clips)."""
     from capsv.data.synth import CorpusConfig, generate_corpus
 
-    out = os.path.join(root, "pool")
-    config = CorpusConfig(speakers=POOL_SPEAKERS, test_speakers=2,
-                          utterances=POOL_CLIPS_PER_SPEAKER, min_seconds=4.0, max_seconds=12.0,
+    suffix = "" if speakers == POOL_SPEAKERS else f"-{speakers}"
+    out = os.path.join(root, "pool" + suffix)
+    seconds = (4.0, 12.0) if speakers == POOL_SPEAKERS else (1.0, 2.0)   # short: tests only
+    config = CorpusConfig(speakers=speakers, test_speakers=2,
+                          utterances=POOL_CLIPS_PER_SPEAKER, min_seconds=seconds[0],
+                          max_seconds=seconds[1],
                           min_sessions=2, max_sessions=3, trials=20, seed=0)
-    generate_corpus(config, out, progress=progress)
+    generate_corpus(config, out, workers=None if speakers == POOL_SPEAKERS else 1, progress=progress)
     wavs = sorted(os.path.join(folder, name) for folder, _, names in os.walk(out)
                   for name in names if name.endswith(".wav"))
-    m4a_dir = os.path.join(root, "pool-m4a")
+    m4a_dir = os.path.join(root, "pool-m4a" + suffix)
     marker = os.path.join(m4a_dir, MARKER)
     m4as = [os.path.join(m4a_dir, f"{i:05d}.m4a") for i in range(min(POOL_M4A, len(wavs)))]
     if not os.path.exists(marker):
@@ -143,7 +148,7 @@ def video_ids(count: int, rng: np.random.Generator) -> list[str]:
 def plan_dataset(speaker_ids: list[str], clips: int, videos: int, least: int,
                  rng: np.random.Generator) -> list[tuple[str, list[str]]]:
     """(speaker, relative clip paths) per speaker: clips spread over videos, numbered per video."""
-    per_speaker = split_counts(clips, len(speaker_ids), least, rng)
+    per_speaker = split_counts(clips, len(speaker_ids), min(least, clips // len(speaker_ids)), rng)
     videos_each = np.maximum(1, np.round(per_speaker * videos / clips)).astype(np.int64)
     names = iter(video_ids(int(videos_each.sum()), rng))
     plan = []
@@ -232,13 +237,16 @@ def pick_trial_files(n_files: int, candidates: np.ndarray, rng: np.random.Genera
 
 # --------------------------------------------------------------------------- the build
 def build(root: str = DEFAULT_ROOT, scale: float = 1.0, seed: int = 0, m4a: bool = True,
-          progress: bool = True, log=print) -> dict:
+          progress: bool = True, log=print, pool_speakers: int = POOL_SPEAKERS) -> dict:
     """Build (or reuse) the layouts of ``scale`` under ``root``; returns the marker's contents
-    (paths of the lists and trees, counts, build seconds)."""
+    (counts, build seconds; :func:`paths` says where the lists and trees are).
+    ``pool_speakers`` x 10 clips make the audio pool (fewer only for tests)."""
     sizes = Sizes.at(scale)
     out = layout_dir(root, scale)
     marker = os.path.join(out, MARKER)
     settings = {"version": LAYOUT_VERSION, "seed": seed, "m4a": m4a, "sizes": asdict(sizes)}
+    if pool_speakers != POOL_SPEAKERS:
+        settings["pool_speakers"] = pool_speakers
     if os.path.exists(marker):
         with open(marker, encoding="utf-8") as f:
             done = json.load(f)
@@ -249,7 +257,7 @@ def build(root: str = DEFAULT_ROOT, scale: float = 1.0, seed: int = 0, m4a: bool
                          "another --root")
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter()
-    wavs, m4as = build_pool(root, progress=progress)
+    wavs, m4as = build_pool(root, pool_speakers, progress=progress)
     pool_seconds = time.perf_counter() - started
     rng = np.random.default_rng(seed)
     info = {"settings": settings, "root": out, "pool_wav": len(wavs), "pool_m4a": len(m4as),
@@ -327,8 +335,7 @@ def paths(root: str, scale: float) -> dict:
             "vox1_wav": os.path.join(out, "vox1", "wav"),
             "trial_O": os.path.join(out, "vox1", "veri_test.txt"),
             "trial_E": os.path.join(out, "vox1", "list_test_all.txt"),
-            "trial_H": os.path.join(out, "vox1", "list_test_hard.txt"),
-            "pool_m4a": os.path.join(root, "pool-m4a"), "out": out}
+            "trial_H": os.path.join(out, "vox1", "list_test_hard.txt"), "out": out}
 
 
 def main() -> int:
