@@ -37,15 +37,16 @@ FULL = {"E": 145_160, "vox2": layout.VOX2_CLIPS}
 def plan(args) -> list[tuple[str, list[str], float]]:
     """(name, measure.py arguments, timeout s) of every measurement, in order."""
     crops = ["--seconds", str(args.seconds), "--workers", str(args.workers)]
-    ev = ["--eval_list", args.eval_list, "--workers", str(args.eval_workers)]
+    ev = ["--workers", str(args.eval_workers)]
     steps = [("list_load", ["--variant", "wav"], 900), ("list_load", ["--variant", "m4a"], 900),
              ("list_load", ["--variant", "trials_E"], 600), ("sampler", [], 900),
              ("crops", ["--variant", "wav", *crops], 900 + 3 * args.seconds),
              ("crops", ["--variant", "m4a", *crops], 900 + 3 * args.seconds)]
     for encoder in ("TAP", "CAP"):
         for frames in ("350", "0"):
-            steps.append(("eval", ["--encoder", encoder, "--eval_frames", frames, *ev],
-                          60 + 3 * args.eval_files))
+            for eval_list in args.eval_lists:      # two sizes: the memory's slope per file
+                steps.append(("eval", ["--encoder", encoder, "--eval_frames", frames,
+                                       "--eval_list", eval_list, *ev], 120 + 6 * args.eval_files))
     for trial_list in ("O", "E"):
         for encoder in ("TAP", "CAP"):
             steps.append(("scoring", ["--variant", trial_list, "--encoder", encoder,
@@ -110,8 +111,7 @@ def table(rows: list[dict], info: dict, scale: float) -> list[tuple[str, str, st
                 f"{info.get('build_seconds')} s" + (" (built earlier)" if info.get("reused") else ""),
                 f"wav {v2.get('wav_link_seconds')} s, m4a {v2.get('m4a_link_seconds')} s, "
                 f"vox1 {info.get('vox1', {}).get('link_seconds')} s"))
-    crops_ref = {}
-    epochs = {}
+    epochs, evals = {}, {}
     for r in rows:
         b = r["bench"]
         if "error" in r:
@@ -124,7 +124,6 @@ def table(rows: list[dict], info: dict, scale: float) -> list[tuple[str, str, st
                         f"{r['setup_s']:.2f} s / {r['plan_median_s']:.2f} s, +{r['growth_mb']:.0f} MB",
                         f"{r['lines']:,} lines, {r['batches']:,} batches"))
         elif b == "crops_in_process":
-            crops_ref[r["variant"]] = r["crops_per_s"]
             target = " (target >= 1,000)" if r["variant"] == "wav" else ""
             out.append((f"2 s crops/s in one process, {r['variant']}{target}",
                         f"**{r['crops_per_s']:,.0f}** ({r['crops']:,} crops in {r['seconds']:.0f} s)",
@@ -136,13 +135,24 @@ def table(rows: list[dict], info: dict, scale: float) -> list[tuple[str, str, st
                         f"{r.get('worker_max_Private_mb', 0):.0f} MB",
                         f"total {r['crops_per_s']:,.0f} crops/s; main process {r['main_VmHWM_mb']:.0f} MB"))
         elif b == "eval":
-            hours = r["s_per_1000_files"] * FULL["E"] / 1000 / 3600
-            rss = r["rss_before_mb"] + r["growth_per_1000_files_mb"] * FULL["E"] / 1000
+            key = (r["encoder"], r["crops"])
+            smaller = evals.get(key)
+            evals[key] = r
+            if smaller is None:
+                continue
+            # Time and memory per file from the difference of two sizes: the fixed costs
+            # (model, worker start-up, buffers) cancel.
+            extra_files = r["files"] - smaller["files"]
+            slope = (r["peak_rss_mb"] - smaller["peak_rss_mb"]) / extra_files
+            per_k = (r["seconds"] - smaller["seconds"]) / extra_files * 1000
+            hours = per_k * FULL["E"] / 1000 / 3600
+            rss = r["peak_rss_mb"] + slope * (FULL["E"] - r["files"])
             out.append((f"eval {r['encoder']}, {r['crops']}: time / peak RSS growth per 1,000 files",
-                        f"{r['s_per_1000_files']:,.0f} s / +{r['growth_per_1000_files_mb']:,.0f} MB "
-                        f"(peak {r['peak_rss_mb']:,.0f} MB at {r['files']:,} files)",
-                        f"E (145,160 files) on these cores: {hours:,.1f} h; RSS if linear "
-                        f"{rss / 1024:,.1f} GB"))
+                        f"{per_k:,.0f} s / +{slope * 1000:,.0f} MB (peak "
+                        f"{smaller['peak_rss_mb']:,.0f} MB at {smaller['files']:,} files, "
+                        f"{r['peak_rss_mb']:,.0f} MB at {r['files']:,})",
+                        f"E (145,160 files) on these cores: {hours:,.1f} h; peak RSS if linear "
+                        f"{rss / 1024:,.1f} GB; workers {r.get('worker_max_VmHWM_mb', 0):,.0f} MB"))
         elif b == "scoring":
             out.append((f"score {r['list']} list ({r['trials']:,} trials, {r['files']:,} files), {r['encoder']}",
                         f"{r['full_list_s']:,.1f} s ({r['trials_per_s']:,.0f} trials/s; {r['measured']})",
@@ -230,7 +240,8 @@ def main() -> int:
     where = layout.paths(args.root, args.scale)
     print(f"layout {where['out']}: {'reused' if info['reused'] else 'built'} "
           f"({info['build_seconds']} s to build)", flush=True)
-    args.eval_list = make_eval_list(where, args.eval_files)
+    args.eval_lists = [make_eval_list(where, max(10, args.eval_files // 4)),
+                       make_eval_list(where, args.eval_files)]
     rows = []
     for name, extra, timeout in plan(args):
         rows += run_measurement(name, extra, timeout, args)
