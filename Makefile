@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.capsv-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow demo bench clean
+.PHONY: install test test-slow demo bench bench-scale clean
 
 install: $(STAMP)
 
@@ -28,6 +28,13 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+# VoxCeleb-size layouts (hard links into a small synthetic pool) and the scale figures of
+# bench/RESULTS.md; ~1.5 GB under SCALE_ROOT. SCALE_ARGS=--quick for a 2 % smoke run.
+SCALE_ROOT ?= /tmp/capsv-scale
+SCALE_ARGS ?=
+bench-scale: install
+	$(BIN)/python bench/scale/run.py --root $(SCALE_ROOT) $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
