@@ -261,15 +261,17 @@ def test_folder_listings_find_the_same_files_as_isfile(tmp_path, monkeypatch):
     (tmp_path / "a" / "folder.wav").mkdir()                        # a folder is not a file
     (tmp_path / "a" / "link.wav").symlink_to(tmp_path / "a" / "real.wav")
     (tmp_path / "a" / "dangling.wav").symlink_to(tmp_path / "nowhere.wav")
+    (tmp_path / "a" / "both.wav").symlink_to(tmp_path / "a" / "real.wav")  # a link wins over
+    (tmp_path / "a" / "both.m4a").write_bytes(b"x")                        # its .m4a twin
     (tmp_path / "linked").symlink_to(tmp_path / "a")               # a linked folder
     (tmp_path / "top.wav").write_bytes(b"x")
     names = ["real.wav", "aac.wav", "UPPER.WAV", "folder.wav", "link.wav", "dangling.wav",
-             "gone.wav", "gone.flac"]
+             "both.wav", "gone.wav", "gone.flac"]
     paths = ([str(tmp_path / "a" / n) for n in names] + [str(tmp_path / "linked" / "aac.wav")]
              + [str(tmp_path / "top.wav"), str(tmp_path / "a" / "real.wav" / "x.wav"),
                 str(tmp_path / "missing" / "x.wav"), str(tmp_path / "a") + "/"])
     want, missing = _resolve_with_isfile(paths)
-    assert len(want) == 6 and len(missing) == 7         # the cases above, per os.path.isfile
+    assert len(want) == 7 and len(missing) == 7         # the cases above, per os.path.isfile
     with pytest.raises(TrainDataError) as err:
         dataset_module._resolve_files("list.txt", str(tmp_path), paths)
     assert f"{len(missing)} of {len(paths)} files" in str(err.value)
@@ -279,6 +281,25 @@ def test_folder_listings_find_the_same_files_as_isfile(tmp_path, monkeypatch):
     # A folder that cannot be listed: os.path.isfile decides, same answer.
     monkeypatch.setattr(dataset_module.os, "scandir", _refuse)
     assert dataset_module._resolve_files("list.txt", str(tmp_path), found) == (want, 3)
+
+
+def test_a_tree_of_links_is_checked_with_isfile_alone(tmp_path):
+    # Listing a folder of links saves no stat; past 1,000 links the listings stop, same answers.
+    (tmp_path / "links").mkdir()
+    (tmp_path / "later").mkdir()
+    target = tmp_path / "target.wav"
+    target.write_bytes(b"x")
+    for n in range(1_100):
+        (tmp_path / "links" / f"{n}.wav").symlink_to(target)
+    (tmp_path / "later" / "twin.m4a").write_bytes(b"x")
+    paths = [str(tmp_path / "links" / f"{n}.wav") for n in range(1_100)]
+    paths += [str(tmp_path / "later" / "twin.wav"), str(target)]
+    listed = dataset_module._FolderListings()
+    assert all(listed.is_file(p) for p in paths[:1_100])
+    assert not listed.is_file(paths[-2]) and listed.is_file(paths[-1])
+    assert str(tmp_path / "later") + "/" not in listed._listings      # no longer listing
+    assert dataset_module._resolve_files("list.txt", str(tmp_path), paths) == (
+        _resolve_with_isfile(paths)[0], 1)
 
 
 def _refuse(path):
