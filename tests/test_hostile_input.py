@@ -124,3 +124,74 @@ def test_an_scp_command_or_stdin_is_refused_and_never_run(kaldi_dir, tmp_path, v
     out = capsv("score", "--embeddings", scp, "--test_list", kaldi_dir / "trials.txt")
     assert not marker.exists(), "the scp command ran"
     assert_one_line_error(out, f"{scp}:2")
+
+
+# ----------------------------------------------------------------- silent wrong results
+def _wav_with_list_chunk(path: Path, samples: np.ndarray, list_bytes: int, keep: int | None):
+    """A 16 kHz PCM16 WAV whose ``data`` chunk sits behind a LIST chunk of ``list_bytes``;
+    cut to ``keep`` bytes of audio when given (a download that stopped early)."""
+    import struct
+
+    body = samples.astype("<i2").tobytes()
+    fmt = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, 16000, 32000, 2, 16)
+    info = b"LIST" + struct.pack("<I", list_bytes) + b"INFO" + b"\0" * (list_bytes - 4)
+    data = b"data" + struct.pack("<I", len(body)) + body
+    riff = b"WAVE" + fmt + info + data
+    raw = b"RIFF" + struct.pack("<I", len(riff)) + riff
+    if keep is not None:
+        raw = raw[:len(raw) - len(body) + keep]
+    path.write_bytes(raw)
+
+
+@pytest.mark.parametrize("list_bytes", [8 * 1024, 100 * 1024])
+def test_a_truncated_wav_is_caught_wherever_its_data_chunk_starts(tmp_path, list_bytes):
+    """A data chunk after byte 4096 (behind an 8 KB LIST chunk) or after the 64 KB the crop
+    reader parses: a cut file is an error in every reader, a complete one reads exactly."""
+    from capsv import audio
+
+    samples = (np.random.default_rng(0).standard_normal(16000) * 3000).astype(np.int16)
+    whole, cut = tmp_path / "whole.wav", tmp_path / "cut.wav"
+    _wav_with_list_chunk(whole, samples, list_bytes, None)
+    _wav_with_list_chunk(cut, samples, list_bytes, keep=4000)
+    np.testing.assert_array_equal(audio.load_audio(str(whole)), samples.astype(np.float32))
+    readers = {"load_audio": lambda p: audio.load_audio(p),
+               "load_eval_crops": lambda p: audio.load_eval_crops(p, 20, 2),
+               "load_random_crop": lambda p: audio.load_random_crop(p, 20,
+                                                                    np.random.default_rng(0)),
+               "audio_info": lambda p: audio.audio_info(p)}
+    for name, read in readers.items():
+        read(str(whole))
+        with pytest.raises(audio.AudioError, match="truncated WAV: the header declares 32000 "
+                                                   "bytes of audio but the file holds 4000"):
+            read(str(cut))
+
+
+@pytest.mark.parametrize("repeat", ["1 ./a.wav b.wav", "1 x/../a.wav b.wav", "0 b.wav a.wav",
+                                    "1 a.wav .//b.wav"])
+def test_a_trial_repeated_under_another_spelling_or_order_is_refused(tmp_path, repeat):
+    from capsv.data.lists import ListError, read_trials
+
+    path = tmp_path / "trials.txt"
+    path.write_text(f"1 a.wav b.wav\n0 a.wav c.wav\n{repeat}\n")
+    with pytest.raises(ListError, match=r"trials.txt:3: the trial .* repeats line 1 "):
+        read_trials(str(path))
+
+
+def test_capsv_score_refuses_a_swapped_duplicate_trial(kaldi_dir, tmp_path):
+    trials = tmp_path / "swapped.txt"
+    trials.write_text("1 a.wav b.wav\n0 a.wav c.wav\n1 b.wav a.wav\n")
+    out = capsv("score", "--embeddings", kaldi_dir / "emb.scp", "--test_list", trials)
+    assert_one_line_error(out, f"{trials}:3", "repeats line 1")
+
+
+def test_repeated_train_list_files_are_used_once_with_a_warning(tmp_path, capsys):
+    from capsv.data.lists import ListError, read_train_list
+
+    path = tmp_path / "train.txt"
+    path.write_text("s1 a.wav\ns1 b.wav\ns1 ./a.wav\ns2 c.wav\ns1 x/../b.wav\ns2 c.wav\n")
+    assert read_train_list(str(path)) == [("s1", "a.wav"), ("s1", "b.wav"), ("s2", "c.wav")]
+    out = capsys.readouterr().out
+    assert f"warning: {path}: 3 line(s) repeat a file already listed" in out
+    path.write_text("s1 a.wav\ns2 b.wav\ns2 ./a.wav\n")
+    with pytest.raises(ListError, match="the file ./a.wav is listed for two speakers, s1 and s2"):
+        read_train_list(str(path))
