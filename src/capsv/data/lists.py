@@ -33,11 +33,46 @@ def _lines(path: str):
     """(line number, stripped text) for each non-blank line."""
     if not os.path.isfile(path):
         raise ListError(f"{path}: list file not found")
+    _refuse_binary(path)
     with open(path, encoding="utf-8-sig", newline=None) as f:
-        for number, line in enumerate(f, start=1):
-            text = line.strip()
-            if text:
-                yield number, text
+        try:
+            for number, line in enumerate(f, start=1):
+                text = line.strip()
+                if text:
+                    yield number, text
+        except UnicodeDecodeError as exc:
+            raise ListError(f"{path}:{_line_of_bad_byte(path)}: not UTF-8 text (byte "
+                            f"0x{exc.object[exc.start]:02x}); re-save the list as UTF-8, e.g. "
+                            f"iconv -f latin1 -t utf-8 {path} > fixed.txt") from None
+
+
+# leading bytes of files that are not UTF-8 text lists -> what they are
+NOT_A_LIST = {b"\xff\xfe": "UTF-16 text", b"\xfe\xff": "UTF-16 text", b"RIFF": "a WAV file",
+              b"fLaC": "a FLAC file", b"OggS": "an Ogg file", b"PK\x03\x04": "a zip archive"}
+
+
+def _refuse_binary(path: str) -> None:
+    """A UTF-16 list, an audio file or other binary data given as a list: say what it is."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    kind = next((what for magic, what in NOT_A_LIST.items() if head.startswith(magic)), None)
+    if kind is None and b"\0" in head:
+        kind = "binary data (it holds NUL bytes)"
+    if kind is not None:
+        raise ListError(f"{path}: this is {kind}, not a UTF-8 text list; give the list file"
+                        + (", re-saved as UTF-8 (iconv -f utf-16 -t utf-8)" if "UTF-16" in kind
+                           else ""))
+
+
+def _line_of_bad_byte(path: str) -> int:
+    """Line number of the first line that is not valid UTF-8 (read again, only on error)."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 @dataclass(frozen=True)
