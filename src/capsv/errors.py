@@ -17,6 +17,7 @@ OS_ERROR_ADVICE = {
     errno.EACCES: "permission denied: choose a path you may write to, or fix its permissions",
     errno.EPERM: "operation not permitted: choose a path you may write to",
     errno.ENOTDIR: "a part of the path is a file, not a folder: fix the path",
+    errno.EEXIST: "a file is in the way where a folder is needed: move it or fix the path",
     errno.EISDIR: "it is a folder where a file was expected: name a file",
     errno.ELOOP: "a symbolic link loop: fix or remove the link",
     errno.ENOENT: "no such file or folder: check the path",

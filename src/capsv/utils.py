@@ -37,9 +37,9 @@ def resolve_device(name: str | None = None) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise DeviceError(f"--device {name!r} is not a device name; use {choices}") from None
+        raise DeviceError(f"--device {name} is not a device name; use {choices}") from None
     if device.type not in DEVICE_TYPES:
-        raise DeviceError(f"--device {name!r}: capsv runs on {', '.join(DEVICE_TYPES)}; use {choices}")
+        raise DeviceError(f"--device {name}: capsv runs on {', '.join(DEVICE_TYPES)}; use {choices}")
     if not DEVICE_TYPES[device.type](torch):
         raise DeviceError(f"--device {name} was asked for, but {device.type.upper()} is not "
                           "available here; use --device cpu (or auto)")

@@ -66,8 +66,8 @@ def _outside_reason(root: str, rel: str) -> str | None:
     if _inside(os.path.realpath(root), out) or (top != out and
                                                _inside(os.path.realpath(top), out)):
         return None
-    walked = root
-    for part in rel.split("/")[:-1]:
+    walked = top                         # the top folder's own link is allowed (above)
+    for part in rel.split("/")[1:-1]:
         walked = os.path.join(walked, part)
         if os.path.islink(walked):
             return (f"would be written through the symbolic link {walked} (on your disk, not "
