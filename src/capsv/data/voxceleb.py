@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from ..errors import CapsvError, os_error_message
+from ..utils import atomic_write_text
 from .archive import concatenate, extract_archive
 from .convert import ConvertReport, convert_tree
 from .download import (STATE_DIR, Credentials, Downloader, RemoteFile, file_md5, is_verified,
                        mark_verified, set_aside)
 from .lists import ListError, missing_files, read_trials
-from ..utils import atomic_write_text
 
 # The paper's README fetched the parts from the Oxford VGG site with basic auth. The host has
 # moved since (KAIST mirror, then access-key URLs): pass --base_url for the current one.
