@@ -138,14 +138,15 @@ def drop_repeated_files(items: list[tuple[str, str]], path: str) -> list[tuple[s
     kept, repeats = [], []
     for speaker, relpath in items:
         name = same_file(relpath)
-        owner = first_speaker.setdefault(name, speaker)
-        if owner != speaker:
+        owner = first_speaker.get(name)
+        if owner is None:
+            first_speaker[name] = speaker
+            kept.append((speaker, relpath))
+        elif owner == speaker:
+            repeats.append(relpath)
+        else:
             raise ListError(f"{path}: the file {relpath} is listed for two speakers, {owner} and "
                             f"{speaker}; keep only the right line")
-        if len(first_speaker) == len(kept):          # seen before: not added to the dict
-            repeats.append(relpath)
-            continue
-        kept.append((speaker, relpath))
     if repeats:
         shown = ", ".join(repeats[:3]) + (" ..." if len(repeats) > 3 else "")
         print(f"warning: {path}: {len(repeats)} line(s) repeat a file already listed ({shown}); "
