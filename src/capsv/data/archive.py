@@ -2,12 +2,16 @@
 
 Safety: an entry is refused when its name is absolute, has a drive letter or a ``..``
 component, is a link or device, or would resolve (through symlinks already on disk) outside
-the target folder. A zip is checked completely before anything is written, so one bad entry
+the target folder. Archives never create links, so a link on disk is the user's: one at the
+top of the target (a ``voxceleb1`` folder on another disk) is followed, a deeper one that
+leads out is refused by name. A password-protected zip entry is refused before anything is
+written. A zip is checked completely before anything is written, so one bad entry
 refuses the whole archive. A ``.tar.gz`` is read as a stream (checking it first would decompress
 it twice), so extraction stops at the first bad entry; nothing is ever written outside the target.
 
 Resumability: each entry is written to a temporary name and renamed, so a file on disk is
-always complete; a re-run skips entries whose file exists with the right size.
+always complete; the temporary file is removed on any failure (an archive cut short, a full
+disk), and a re-run skips entries whose file exists with the right size.
 """
 from __future__ import annotations
 

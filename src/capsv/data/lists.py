@@ -133,7 +133,7 @@ def trial_identity(path1: str, path2: str) -> tuple[str, str]:
 def drop_repeated_files(items: list[tuple[str, str]], path: str) -> list[tuple[str, str]]:
     """Keep the first line of each file (by :func:`same_file`), warning how many repeats were
     dropped: a repeated file would be sampled twice as often, and one group could hold it as
-    support and query. A file listed under two speakers is an error. O(N), one set."""
+    support and query. A file listed under two speakers is an error. O(N), one dict."""
     first_speaker: dict[str, str] = {}
     kept, repeats = [], []
     for speaker, relpath in items:
