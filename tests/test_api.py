@@ -191,7 +191,8 @@ def test_cli_verify_bad_input_is_one_line_error(reference_dir, bad_files, capsys
 def test_cli_embed_then_score_reproduces_eval(reference_dir, tmp_path, capsys):
     wav = reference_dir / "wav"
     trials = tmp_path / "trials.txt"
-    trials.write_text(f"1 {A} {B}\n0 {B} {SHORT}\n1 {SHORT} {A}\n0 {A} {SHORT}\n")
+    # (a trial list holds each pair of files once, in either order: see lists.read_trials)
+    trials.write_text(f"1 {A} {B}\n0 {B} {SHORT}\n1 {SHORT} {A}\n")
     ckpt = reference_dir / "ResNetSE34L_TAP.model"
     common = ["--initial_model", ckpt, "--model", "ResNetSE34L", "--eval_frames", 60,
               "--num_eval", 2, "--nDataLoaderThread", 0, "--no_progress", "--device", "cpu"]

@@ -108,23 +108,39 @@ def check_wav_complete(path: str) -> None:
         return
     try:
         with open(path, "rb") as f:
-            head = f.read(4096)
             size = os.fstat(f.fileno()).st_size
+            found = _find_data_chunk(f, size)
     except OSError as exc:
         raise AudioError(f"{path}: cannot read ({exc})") from None
-    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+    if found is None:
         return
+    offset, length = found
+    available = size - (offset + 8)
+    if length not in (0, 0xFFFFFFFF) and available < length:
+        raise AudioError(f"{path}: truncated WAV: the header declares {length} bytes of "
+                         f"audio but the file holds {available}; re-download or "
+                         "re-extract it")
+
+
+def _find_data_chunk(f, size: int) -> tuple[int, int] | None:
+    """(offset, declared length) of a RIFF/WAVE file's ``data`` chunk, wherever it is (a
+    big LIST or JUNK chunk may push it far in); None for other files. One 8-byte read per
+    chunk header, seeking over the bodies."""
+    f.seek(0)
+    head = f.read(12)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
     offset = 12
-    while offset + 8 <= len(head):
-        chunk, length = head[offset:offset + 4], struct.unpack("<I", head[offset + 4:offset + 8])[0]
+    while offset + 8 <= size:
+        f.seek(offset)
+        header = f.read(8)
+        if len(header) < 8:
+            return None
+        chunk, length = header[:4], struct.unpack("<I", header[4:])[0]
         if chunk == b"data":
-            available = size - (offset + 8)
-            if length not in (0, 0xFFFFFFFF) and available < length:
-                raise AudioError(f"{path}: truncated WAV: the header declares {length} bytes of "
-                                 f"audio but the file holds {available}; re-download or "
-                                 "re-extract it")
-            return
+            return offset, length
         offset += 8 + length + (length & 1)
+    return None
 
 
 @contextmanager

@@ -41,14 +41,15 @@ def read_checkpoint(path: str) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint file not found") from None
     except pickle.UnpicklingError as exc:
+        if not _looks_like_torch_file(path):     # text that happens to parse as pickle opcodes
+            raise _not_a_checkpoint(path) from None
         raise CheckpointError(
             f"{path}: refused to load: the file holds Python objects other than tensors and "
             f"plain containers, which could run code (weights_only=True). Re-save it as a "
             f"state_dict from a trusted source. Detail: {str(exc).splitlines()[0]}") from None
     except Exception as exc:
         if not _looks_like_torch_file(path):
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip "
-                                  "archive nor a pickle); check the --initial_model path") from None
+            raise _not_a_checkpoint(path) from None
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (torch.load failed: "
                               f"{detail})") from None
@@ -56,6 +57,11 @@ def read_checkpoint(path: str) -> dict:
         raise CheckpointError(f"{path}: unknown checkpoint format (a {type(obj).__name__}, "
                               "expected a capsv checkpoint or a state_dict)")
     return obj
+
+
+def _not_a_checkpoint(path: str) -> CheckpointError:
+    return CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive "
+                           "nor a pickle); check the --initial_model path")
 
 
 def _looks_like_torch_file(path: str) -> bool:

@@ -8,7 +8,7 @@ import sys
 
 from . import __version__
 from .config import apply_config
-from .errors import CapsvError
+from .errors import CapsvError, os_error_message
 
 # subcommand -> module in capsv.commands (imported lazily so `capsv --help` stays fast)
 COMMANDS = {
@@ -53,9 +53,15 @@ def run_command(name: str, argv: list[str], prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args = apply_config(args, parser, module.add_arguments, argv)
+        check_flag_ranges(args)
         return int(module.run(args) or 0)
     except CapsvError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # The safety net: a full or read-only disk, a file where a folder belongs, a symlink
+        # loop... anywhere nothing more specific caught it: one line, never a traceback.
+        print(f"{parser.prog}: error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         # The process is on its way out: one more Ctrl-C must not turn the exit into a
@@ -66,6 +72,21 @@ def run_command(name: str, argv: list[str], prog: str | None = None) -> int:
         # the shell's code for the signal (130 SIGINT, 143 SIGTERM); a bare Ctrl-C is 130.
         print(f"{parser.prog}: {str(exc) or 'interrupted'}", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
+
+
+# flags several commands share -> (smallest value allowed, what the flag means)
+FLAG_MINIMUMS = {
+    "num_eval": (1, "crops per file"),
+    "eval_frames": (0, "frames per evaluation crop; 0 = the whole utterance"),
+}
+
+
+def check_flag_ranges(args: argparse.Namespace) -> None:
+    """Refuse out-of-range values of the shared numeric flags (typed or from --config)."""
+    for dest, (smallest, meaning) in FLAG_MINIMUMS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, int) and value < smallest:
+            raise CapsvError(f"--{dest} must be {smallest} or more ({meaning}), got {value}")
 
 
 def main(argv: list[str] | None = None) -> int:

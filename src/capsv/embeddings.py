@@ -10,7 +10,8 @@ Formats, chosen by the output's extension:
   (TAP/SAP) or ``frames`` (N, crops, D, T_max) float32 + ``lengths`` (N,) (CAP; frames past
   a file's length are zero).
 - ``.ark`` (Kaldi, with ``.scp`` beside it): one float32 vector per key, TAP/SAP only;
-  needs the optional ``kaldiio`` package. Read back through the ``.scp`` or the ``.ark``.
+  writing needs the optional ``kaldiio`` package. Read back through the ``.scp`` or the
+  ``.ark`` by :mod:`capsv.kaldi_io`, which refuses pickled entries and piped commands.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, kaldi_io
 from .errors import CapsvError
 from .evaluate import extract_features
 from .models import SpeakerNet
@@ -132,17 +133,17 @@ def read_embeddings(path: str) -> EmbeddingSet:
     if not os.path.isfile(path):
         raise EmbeddingError(f"{path}: embedding file not found")
     if path.endswith((".scp", ".ark")):
-        kaldiio = _kaldiio()
-        try:
-            items = (list(kaldiio.load_scp(path).items()) if path.endswith(".scp")
-                     else list(kaldiio.load_ark(path)))
-        except Exception as exc:
-            raise EmbeddingError(f"{path}: not a readable Kaldi file ({exc})") from None
+        # capsv's own parser: kaldiio would unpickle PKL entries and run '|' commands
+        items = kaldi_io.read_scp(path) if path.endswith(".scp") else kaldi_io.read_ark(path)
         if not items:
             raise EmbeddingError(f"{path}: no entries")
-        keys = [k for k, _ in items]
-        return EmbeddingSet(keys, embeddings=np.stack([np.asarray(v, np.float32).ravel()
-                                                       for _, v in items]))
+        vectors = [np.asarray(v, np.float32).ravel() for _, v in items]
+        sizes = {len(v) for v in vectors}
+        if len(sizes) > 1:
+            raise EmbeddingError(f"{path}: the entries hold vectors of different sizes "
+                                 f"({', '.join(map(str, sorted(sizes)[:5]))}); one embedding "
+                                 "size per file is expected")
+        return EmbeddingSet([k for k, _ in items], embeddings=np.stack(vectors))
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = [str(k) for k in z["keys"]]

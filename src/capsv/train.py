@@ -52,7 +52,7 @@ from .evaluate import evaluate_list, validate_inputs
 from .losses import LOSSES, Embeddings, LossOutput, Objective
 from .models import BACKBONES, SpeakerNet
 from .pooling import POOLINGS
-from .utils import atomic_write_text, resolve_device
+from .utils import atomic_write_text, ensure_writable_dir, resolve_device
 
 CHECKPOINT_RE = re.compile(r"^model(\d{9})\.model$")
 INTERRUPTED_RE = re.compile(r"^interrupted(\d{9})\.model$")
@@ -886,6 +886,7 @@ def train(args) -> TrainSummary:
 def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
     main = dist.is_main                               # rank 0 alone writes and shows progress
     progress = not cfg.no_progress and main
+    ensure_writable_dir(cfg.save_path, "--save_path")   # a file, read-only or full: one line
     os.makedirs(os.path.join(cfg.save_path, "model"), exist_ok=True)
     if main:
         _remove_stale_temp_files(os.path.join(cfg.save_path, "model"))

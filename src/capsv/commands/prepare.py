@@ -107,6 +107,10 @@ def resolve_credentials(args: argparse.Namespace) -> Credentials:
     if key and not args.base_url:
         raise voxceleb.PrepareError("--key needs --base_url: the download address from the access "
                                     "e-mail, without the '?file=...&key=...' part")
+    if args.password is not None:
+        print("capsv prepare: warning: a password given with --password is visible to other "
+              "users of this machine (ps, /proc) while the download runs; next time set "
+              "CAPSV_PASSWORD or let capsv ask for it", file=sys.stderr, flush=True)
     if args.user and password is None:
         if not sys.stdin.isatty():
             raise voxceleb.PrepareError(f"no password for --user {args.user}: give --password, set "

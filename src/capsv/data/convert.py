@@ -8,13 +8,14 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-import tempfile
 import wave
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 from tqdm import tqdm
+
+from ..utils import new_temp_beside
 
 SAMPLE_RATE = 16000
 
@@ -105,8 +106,7 @@ def write_wav_atomic(path: str, samples: np.ndarray, rate: int = SAMPLE_RATE) ->
     """Write mono 16-bit PCM WAV (samples (n,) int16) via a hidden temporary file, then rename."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
+    tmp = new_temp_beside(path)          # the umask's mode, not mkstemp's 0600
     try:
         # the standard library's writer: ~8x faster than libsndfile for short clips
         with wave.open(tmp, "wb") as out:

@@ -3,7 +3,9 @@
 Both readers accept Windows line endings, a UTF-8 byte-order mark and blank lines, and
 reject anything else with the file name and line number. Fields are separated by
 whitespace, or, when a line holds a tab, by tabs only: that is how a path with spaces is
-written. A trial list that repeats a trial is refused (it would count twice in the EER).
+written. Paths are compared after normalisation (``./a``, ``x/../a`` and ``a`` are one file).
+A trial list that repeats a trial (the same two files, in either order) is refused: it would
+count twice in the EER. A train list that repeats a file keeps its first line, with a warning.
 """
 from __future__ import annotations
 
@@ -31,11 +33,46 @@ def _lines(path: str):
     """(line number, stripped text) for each non-blank line."""
     if not os.path.isfile(path):
         raise ListError(f"{path}: list file not found")
+    _refuse_binary(path)
     with open(path, encoding="utf-8-sig", newline=None) as f:
-        for number, line in enumerate(f, start=1):
-            text = line.strip()
-            if text:
-                yield number, text
+        try:
+            for number, line in enumerate(f, start=1):
+                text = line.strip()
+                if text:
+                    yield number, text
+        except UnicodeDecodeError as exc:
+            raise ListError(f"{path}:{_line_of_bad_byte(path)}: not UTF-8 text (byte "
+                            f"0x{exc.object[exc.start]:02x}); re-save the list as UTF-8, e.g. "
+                            f"iconv -f latin1 -t utf-8 {path} > fixed.txt") from None
+
+
+# leading bytes of files that are not UTF-8 text lists -> what they are
+NOT_A_LIST = {b"\xff\xfe": "UTF-16 text", b"\xfe\xff": "UTF-16 text", b"RIFF": "a WAV file",
+              b"fLaC": "a FLAC file", b"OggS": "an Ogg file", b"PK\x03\x04": "a zip archive"}
+
+
+def _refuse_binary(path: str) -> None:
+    """A UTF-16 list, an audio file or other binary data given as a list: say what it is."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    kind = next((what for magic, what in NOT_A_LIST.items() if head.startswith(magic)), None)
+    if kind is None and b"\0" in head:
+        kind = "binary data (it holds NUL bytes)"
+    if kind is not None:
+        raise ListError(f"{path}: this is {kind}, not a UTF-8 text list; give the list file"
+                        + (", re-saved as UTF-8 (iconv -f utf-16 -t utf-8)" if "UTF-16" in kind
+                           else ""))
+
+
+def _line_of_bad_byte(path: str) -> int:
+    """Line number of the first line that is not valid UTF-8 (read again, only on error)."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 @dataclass(frozen=True)
@@ -55,10 +92,11 @@ def read_trials(path: str) -> list[Trial]:
                             f"found {len(fields)}: {text[:120]!r}{TAB_HINT}")
         if fields[0] not in ("0", "1"):
             raise ListError(f"{path}:{number}: label must be 0 or 1, found {fields[0]!r}")
-        pair = (fields[1], fields[2])
+        pair = trial_identity(fields[1], fields[2])
         if pair in seen:
             raise ListError(f"{path}:{number}: the trial {fields[1]} {fields[2]} repeats line "
-                            f"{seen[pair]}; remove the duplicate (it would count twice)")
+                            f"{seen[pair]} (the same two files, in either order); remove the "
+                            "duplicate (it would count twice)")
         seen[pair] = number
         trials.append(Trial(int(fields[0]), fields[1], fields[2]))
     if not trials:
@@ -77,7 +115,43 @@ def read_train_list(path: str) -> list[tuple[str, str]]:
         items.append((fields[0], fields[1]))
     if not items:
         raise ListError(f"{path}: the train list is empty")
-    return items
+    return drop_repeated_files(items, path)
+
+
+def same_file(relpath: str) -> str:
+    """The spelling that two names of one file share: ``./a``, ``x/../a`` and ``a//`` -> ``a``
+    (lexical: a symlink to the file still counts as another file)."""
+    return os.path.normpath(relpath)
+
+
+def trial_identity(path1: str, path2: str) -> tuple[str, str]:
+    """Key under which two trials are the same: the same two files, in either order."""
+    a, b = same_file(path1), same_file(path2)
+    return (a, b) if a <= b else (b, a)
+
+
+def drop_repeated_files(items: list[tuple[str, str]], path: str) -> list[tuple[str, str]]:
+    """Keep the first line of each file (by :func:`same_file`), warning how many repeats were
+    dropped: a repeated file would be sampled twice as often, and one group could hold it as
+    support and query. A file listed under two speakers is an error. O(N), one dict."""
+    first_speaker: dict[str, str] = {}
+    kept, repeats = [], []
+    for speaker, relpath in items:
+        name = same_file(relpath)
+        owner = first_speaker.get(name)
+        if owner is None:
+            first_speaker[name] = speaker
+            kept.append((speaker, relpath))
+        elif owner == speaker:
+            repeats.append(relpath)
+        else:
+            raise ListError(f"{path}: the file {relpath} is listed for two speakers, {owner} and "
+                            f"{speaker}; keep only the right line")
+    if repeats:
+        shown = ", ".join(repeats[:3]) + (" ..." if len(repeats) > 3 else "")
+        print(f"warning: {path}: {len(repeats)} line(s) repeat a file already listed ({shown}); "
+              "each file is used once", flush=True)
+    return kept
 
 
 def trial_files(trials: list[Trial]) -> list[str]:

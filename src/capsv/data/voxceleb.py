@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from ..errors import CapsvError
+from ..errors import CapsvError, os_error_message
+from ..utils import atomic_write_text
 from .archive import concatenate, extract_archive
 from .convert import ConvertReport, convert_tree
 from .download import (STATE_DIR, Credentials, Downloader, RemoteFile, file_md5, is_verified,
@@ -267,6 +268,14 @@ def failures_file(save_path: str) -> str:
 def scan_clips(root: str, extension: str) -> tuple[list[tuple[str, str]], int]:
     """(speaker, ``speaker/video/clip<ext>``) for each clip three levels below ``root``, sorted;
     and the number of ``extension`` files found at other depths (ignored)."""
+    try:
+        return _scan_clips(root, extension)
+    except OSError as exc:              # a symlink loop, an unreadable folder
+        raise PrepareError(f"cannot list the clips under {root}: "
+                           f"{os_error_message(exc)}") from None
+
+
+def _scan_clips(root: str, extension: str) -> tuple[list[tuple[str, str]], int]:
     def entries(path):
         with os.scandir(path) as it:
             return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
@@ -356,7 +365,4 @@ def check_trial_list(path: str, wav_root: str) -> list[str]:
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, text)      # names the file if the disk is full; no .tmp left over
