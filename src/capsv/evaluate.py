@@ -42,6 +42,7 @@ from .metrics import Metrics, compute_metrics
 from .models import SpeakerNet
 from .pooling import pad_frames
 from .scorenorm import adaptive_snorm, cohort_stats
+from .workers import stop_workers, worker_error
 
 
 class EvalInputError(CapsvError):
@@ -145,7 +146,18 @@ def _batches_of_files(dataset: EvalCrops, files_per_batch: int, workers: int):
     loader = DataLoader(dataset, batch_size=files_per_batch, num_workers=workers,
                         collate_fn=list, persistent_workers=False,
                         worker_init_fn=ignore_stop_signals)   # the parent handles Ctrl-C
-    yield from loader
+    batches = iter(loader)
+    try:
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as exc:   # a worker's error: its own one line, as with 0 workers
+                raise worker_error(exc) from None
+            yield batch
+    finally:
+        stop_workers(batches)          # now, not at exit (where they would hang the exit)
 
 
 @dataclass

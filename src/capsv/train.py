@@ -53,6 +53,7 @@ from .losses import LOSSES, Embeddings, LossOutput, Objective
 from .models import BACKBONES, SpeakerNet
 from .pooling import POOLINGS
 from .utils import atomic_write_text, resolve_device
+from .workers import stop_workers, worker_error
 
 CHECKPOINT_RE = re.compile(r"^model(\d{9})\.model$")
 INTERRUPTED_RE = re.compile(r"^interrupted(\d{9})\.model$")
@@ -545,15 +546,6 @@ class RunLog:
 
 
 # --------------------------------------------------------------------------- the loop
-def _clean_worker_error(exc: CapsvError) -> CapsvError:
-    """DataLoader workers re-raise with the worker's traceback in the message; keep its last line."""
-    text = str(exc)
-    if "Traceback" not in text:
-        return exc
-    last = [line for line in text.splitlines() if line.strip()][-1]
-    return type(exc)(re.sub(r"^[\w.]+Error: ", "", last))
-
-
 def _check_bad_step(cfg: TrainConfig, epoch: int, step: int, loss, skipped: int) -> None:
     """A step whose loss is NaN/inf is skipped (weights untouched); past --max_bad_steps
     of them in one epoch, training stops."""
@@ -634,9 +626,12 @@ def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: 
                 done.seconds += time.time() - started
                 done.rng = rng_state()
                 raise TrainStopped(done, total, signum)
-    except CapsvError as exc:
-        raise _clean_worker_error(exc) from None
+    except TrainStopped:
+        raise
+    except Exception as exc:           # a worker's error comes with its traceback: one line
+        raise worker_error(exc) from None
     finally:
+        stop_workers(batches)          # now: a worker left running would hang the exit
         bar.close()
     done.seconds += time.time() - started
     return done.stats(lr)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from ..audio import AudioError, load_random_crop
 from ..errors import CapsvError
 from ..utils import file_sha256
+from ..workers import start_worker
 from .lists import read_train_list
 from .sampler import SpeakerBatchSampler
 
@@ -182,7 +183,9 @@ def build_augmenter(musan_path: str, rir_path: str):
 def ignore_stop_signals(worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: Ctrl-C (SIGINT to the whole process group) and SIGTERM
     are for the training process to handle; a worker that died of them would break the
-    batch in flight and the checkpoint the parent saves on its way out."""
+    batch in flight and the checkpoint the parent saves on its way out. Ignoring SIGTERM means
+    a worker must die with its parent instead (:func:`capsv.workers.start_worker`)."""
+    start_worker()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
