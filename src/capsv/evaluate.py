@@ -120,13 +120,22 @@ class EvalCrops(Dataset):
     """The evaluation crops of each source: a file path, or a 1-D float32 waveform already
     on the int16 scale (the Python API passes arrays)."""
 
-    def __init__(self, paths: list, eval_frames: int, num_eval: int):
+    def __init__(self, paths: list, eval_frames: int, num_eval: int, skip_bad: bool = False):
         self.paths, self.eval_frames, self.num_eval = paths, eval_frames, num_eval
+        self.skip_bad = skip_bad     # an unreadable file gives (index, AudioError), not a raise
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
+        if not self.skip_bad:
+            return self._crops(index)
+        try:
+            return self._crops(index)
+        except AudioError as exc:     # found while decoding: travels back to the main process
+            return index, AudioError(str(exc))
+
+    def _crops(self, index: int):
         source = self.paths[index]
         if isinstance(source, str) and self.eval_frames > 0:   # reads only the crops
             return index, torch.from_numpy(load_eval_crops(source, self.eval_frames, self.num_eval))
@@ -174,6 +183,7 @@ class FileFeatures:
     proj: dict[int, torch.Tensor] = field(default_factory=dict)
     frames_store: torch.Tensor | None = None
     proj_store: torch.Tensor | None = None
+    unreadable: dict[int, str] = field(default_factory=dict)   # skip_bad: index -> why
 
     def keep_cap(self, index: int, frames: torch.Tensor, proj: torch.Tensor, capacity: int) -> None:
         if self.frames_store is None:
@@ -187,15 +197,23 @@ class FileFeatures:
 @torch.inference_mode()
 def extract_features(net: SpeakerNet, paths: list, eval_frames: int = 350, num_eval: int = 10,
                      device: torch.device | str = "cpu", workers: int = 0,
-                     files_per_batch: int = 4, progress: bool = True) -> FileFeatures:
-    """Features of every source (path or int16-scale waveform), keyed by position in ``paths``."""
+                     files_per_batch: int = 4, progress: bool = True,
+                     skip_bad: bool = False) -> FileFeatures:
+    """Features of every source (path or int16-scale waveform), keyed by position in ``paths``.
+    ``skip_bad``: a file that fails while decoding is left out and named in ``.unreadable``
+    instead of raising :class:`~capsv.audio.AudioError`."""
     net.eval()
     feats = FileFeatures()
     if eval_frames <= 0:
         files_per_batch = 1  # whole utterances differ in length
-    dataset = EvalCrops(paths, eval_frames, num_eval)
+    dataset = EvalCrops(paths, eval_frames, num_eval, skip_bad)
     bar = tqdm(total=len(paths), desc="files", unit="file", disable=not progress, leave=False)
     for batch in _batches_of_files(dataset, files_per_batch, workers):
+        bar.update(len(batch))
+        feats.unreadable.update((i, str(c)) for i, c in batch if isinstance(c, AudioError))
+        batch = [(i, c) for i, c in batch if not isinstance(c, AudioError)]
+        if not batch:
+            continue
         indices = [i for i, _ in batch]
         counts = [c.shape[0] for _, c in batch]
         frames = net.frames(torch.cat([c for _, c in batch]).to(device))
@@ -207,7 +225,6 @@ def extract_features(net: SpeakerNet, paths: list, eval_frames: int = 350, num_e
                 feats.proj[index] = net.pooling.project(part)
             else:
                 feats.emb[index] = F.normalize(net.pooling(part), dim=-1)
-        bar.update(len(batch))
     bar.close()
     return feats
 
@@ -381,7 +398,10 @@ def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: 
     pairs = np.array([(rel_index[t.path1], rel_index[t.path2]) for t in trials], dtype=np.int64)
     net = net.to(device)
     feats = extract_features(net, paths, eval_frames, num_eval, device=device, workers=workers,
-                             progress=progress)
+                             progress=progress, skip_bad=on_bad_audio == "skip")
+    if feats.unreadable:                    # failed while decoding, after a good header
+        trials, pairs, dropped = _drop_unreadable(feats.unreadable, files, trials, pairs, test_list)
+        skipped = sorted(set(skipped) | dropped)
     faults.kill_if("kill_during_eval")      # test hook (capsv.faults): features read, not scored
     scores = score_pairs(net, feats, pairs, progress=progress)
     labels = [t.label for t in trials]
@@ -391,15 +411,37 @@ def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: 
     # One row of cohort scores per trial file (CAP's score is symmetric, spec §3), the file
     # itself left out when it is also in the cohort.
     cohort_ids = np.array([index[p] for p in cohort])
-    file_ids = np.arange(len(files))
+    file_ids = np.array([i for i in range(len(files)) if i not in feats.unreadable], np.int64)
     table = cohort_scores(net, feats, file_ids, cohort_ids, progress=progress)
     table[file_ids[:, None] == cohort_ids[None, :]] = -np.inf
-    mean, std = cohort_stats(table, score_norm.top_n)
+    mean, std = np.full(len(files), np.nan), np.full(len(files), np.nan)
+    mean[file_ids], std[file_ids] = cohort_stats(table, score_norm.top_n)
     normed = adaptive_snorm(scores, mean[pairs[:, 0]], std[pairs[:, 0]],
                             mean[pairs[:, 1]], std[pairs[:, 1]])
     return EvalResult(trials, normed, compute_metrics(normed, labels),
                       raw_scores=scores, raw_metrics=compute_metrics(scores, labels),
                       skipped_files=skipped, skipped_trials=n_listed - len(trials))
+
+
+def _drop_unreadable(unreadable: dict[int, str], files: list[str], trials: list[Trial],
+                     pairs: np.ndarray, test_list: str) -> tuple[list[Trial], np.ndarray, set[str]]:
+    """--on_bad_audio skip for files that failed while decoding: warn per file, leave out
+    their trials (``pairs`` (n, 2) file indices of ``trials``). A cohort file cannot be left
+    out (every trial's normalisation uses it): an error."""
+    cohort = [why for index, why in unreadable.items() if index >= len(files)]
+    if cohort:
+        raise EvalInputError(f"unusable cohort file: {cohort[0]}")
+    for why in unreadable.values():
+        print(f"warning: skipping (--on_bad_audio skip): {why}", flush=True)
+    keep = ~np.isin(pairs, list(unreadable)).any(axis=1)
+    kept = [t for t, k in zip(trials, keep) if k]
+    print(f"warning: {len(unreadable)} file(s) failed while decoding; {len(trials) - len(kept)} "
+          f"more of their trials left out", flush=True)
+    labels = {t.label for t in kept}
+    if labels != {0, 1}:
+        raise EvalInputError(f"{test_list}: the trials left after skipping bad files do not have "
+                             "both labels 1 and 0; EER and minDCF need both")
+    return kept, pairs[keep], {files[i] for i in unreadable}
 
 
 def validate_cohort(norm: ScoreNorm) -> list[str]:
