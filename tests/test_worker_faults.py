@@ -177,3 +177,67 @@ def test_workers_die_with_a_sigkilled_main_process(corpus, tmp_path, name):
     finally:
         _kill_group(proc)
     assert not orphans, f"workers {orphans} outlived their main process"
+
+
+# ----------------------------------------------------------------- special files, dead pools
+def _run(args: list[str]) -> tuple[int, str]:
+    proc = _start(args)
+    rc, out, err, _ = _finish(proc)
+    return rc, out + err
+
+
+@pytest.mark.parametrize("where", ["initial_model", "audio_readers", "convert_tree"])
+def test_a_fifo_is_refused_not_waited_on(corpus, tmp_path, where):
+    """A FIFO where a file is read (a checkpoint, an audio file, an .m4a in the tree
+    --convert scans) is an error naming it; before, the open blocked forever."""
+    if where == "initial_model":
+        fifo = tmp_path / "model.fifo"
+        os.mkfifo(fifo)
+        args = ["eval", "--initial_model", str(fifo), "--model", "ResNetSE34L",
+                "--test_list", str(corpus / "trials_nan.wav.txt"), "--test_path",
+                str(corpus / "audio"), "--no_progress"]
+    elif where == "audio_readers":       # every reader, as the API and the workers call them
+        fifo = tmp_path / "pipe.wav"
+        os.mkfifo(fifo)
+        code = ("import numpy as np\nfrom capsv import audio\nfor read in ("
+                "lambda p: audio.load_audio(p), lambda p: audio.load_eval_crops(p, 20, 2), "
+                "lambda p: audio.load_random_crop(p, 20, np.random.default_rng(0)), "
+                "lambda p: audio.audio_info(p)):\n"
+                "    try:\n        read(%r)\n    except audio.AudioError as exc:\n"
+                "        print(exc)\n" % str(fifo))
+        proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        rc, out, err, _ = _finish(proc)
+        assert rc == 0 and out.count(f"{fifo}: is a FIFO") == 4, (out, err[-2000:])
+        return
+    else:
+        clip = tmp_path / "data" / "voxceleb" / "voxceleb2" / "id1" / "v1"
+        clip.mkdir(parents=True)
+        fifo = clip / "00001.m4a"
+        os.mkfifo(fifo)
+        args = ["prepare", "--save_path", str(tmp_path / "data"), "--convert", "--workers", "2",
+                "--no_progress"]
+    rc, text = _run(args)
+    # prepare reports a file it could not convert and goes on with the rest (status 1)
+    assert rc == (1 if where == "convert_tree" else 2), text[-2000:]
+    assert str(fifo) in text and "FIFO" in text, text[-2000:]
+    assert "Traceback" not in text
+
+
+def test_a_conversion_worker_that_dies_fails_the_run_instead_of_hanging(tmp_path):
+    """A worker of the --convert pool dies abruptly (here os._exit, as the OOM killer would
+    kill it): the pool fails with a one-line error instead of waiting for its result forever."""
+    script = ("import os, sys\n"
+              "from capsv.data.convert import parallel_map\n"
+              "from capsv.errors import CapsvError\n"
+              "try:\n"
+              "    list(parallel_map(os._exit, [3] * 8, 2, 'convert m4a', progress=False))\n"
+              "except CapsvError as exc:\n"
+              "    print(exc)\n"
+              "    sys.exit(2)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            cwd=tmp_path)
+    rc, out, err, _ = _finish(proc)
+    assert rc == 2 and "a worker process died" in out, (rc, out, err[-2000:])
