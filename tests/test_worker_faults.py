@@ -179,6 +179,25 @@ def test_workers_die_with_a_sigkilled_main_process(corpus, tmp_path, name):
     assert not orphans, f"workers {orphans} outlived their main process"
 
 
+@pytest.mark.parametrize("name", ["train", "eval"])
+def test_a_worker_killed_by_the_system_ends_the_run_with_one_line(corpus, tmp_path, name):
+    """A worker dies by SIGKILL (as the OOM killer does) while busy: the command says so in
+    one line and exits with status 2, leaving no process behind."""
+    bad = "nan.wav" if name == "eval" else "body.flac"
+    proc = _start(_command(corpus, name, bad, 2, tmp_path / "run"), CAPSV_FAULT="pause_in_worker")
+    try:
+        workers = _wait_for_paused_workers(proc, 2)
+        os.kill(workers[0], signal.SIGKILL)
+        rc, _, err, _ = _finish(proc)
+        leftover = [pid for pid in workers if _alive(pid)]
+    finally:
+        _kill_group(proc)
+    lines = [line for line in err.splitlines() if line.strip() and "capsv-fault" not in line]
+    assert rc == 2 and len(lines) == 1, (rc, err[-2000:])
+    assert f"a data-loading worker process (pid {workers[0]}) died" in lines[0]
+    assert not leftover
+
+
 # ----------------------------------------------------------------- special files, dead pools
 def _run(args: list[str]) -> tuple[int, str]:
     proc = _start(args)

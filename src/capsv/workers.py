@@ -105,7 +105,9 @@ def _kill_leftover_workers() -> None:
 
 
 _CAUGHT = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal ")
-_DIED = re.compile(r"DataLoader worker \(pid\(s\) ([\d, ]+)\) exited unexpectedly")
+# torch's two wordings: the SIGCHLD handler's, and the one of a get that timed out
+_DIED = re.compile(r"DataLoader worker \(pid(?:\(s\))? ([\d, ]+)\) "
+                   r"(?:exited unexpectedly|is killed by signal)")
 
 
 def worker_error(exc: BaseException) -> BaseException:
