@@ -294,7 +294,10 @@ class _Pcm16Wav:
         """Samples [start, start + count) as mono float32 on the int16 scale (fewer at the end)."""
         width = 2 * self.layout.channels
         count = max(0, min(count, self.frames - start))
-        raw = os.pread(self.fd, count * width, self.layout.data_offset + start * width)
+        try:
+            raw = os.pread(self.fd, count * width, self.layout.data_offset + start * width)
+        except OSError as exc:        # an I/O error while reading: as soundfile's are
+            raise AudioError(f"{self.path}: cannot read audio ({exc})") from None
         data = np.frombuffer(raw[:len(raw) - len(raw) % width], dtype="<i2")
         if self.layout.channels == 1:
             return data.astype(np.float32)
@@ -455,7 +458,10 @@ def load_m4a(path: str, expected_rate: int | None = SAMPLE_RATE) -> np.ndarray:
                           "mono by averaging", stacklevel=2)
     if not chunks or sum(len(c) for c in chunks) == 0:
         raise AudioError(f"{path}: the file holds no audio samples")
-    return np.concatenate(chunks)
+    audio = np.concatenate(chunks)
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{path}: the file decodes to NaN or infinite samples; it is damaged")
+    return audio
 
 
 def write_m4a(path: str, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:
