@@ -707,7 +707,7 @@ def _resume(cfg, net, objective, optimizer, scheduler, scaler, plan: dict, dist,
         log.info(f"resuming a reference-format run from {path}: optimiser state starts fresh")
         return Resumed(epoch + 1, path)
     _load_training_state(cfg, net, objective, optimizer, scheduler, scaler, path, ckpt,
-                             log.info)
+                         log.info)
     log.info(f"resumed from {path} (epoch {epoch}, LR {current_lr(optimizer):g})")
     return Resumed(epoch + 1, path, dict(ckpt.get("meta", {})), previous)
 
