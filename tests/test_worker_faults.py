@@ -198,6 +198,27 @@ def test_a_worker_killed_by_the_system_ends_the_run_with_one_line(corpus, tmp_pa
     assert not leftover
 
 
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_to_the_group_during_eval_with_busy_workers_exits_and_leaves_nothing(
+        corpus, tmp_path, signum, code):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM to the whole process group while the 2
+    workers are busy: the command stops with the shell's status for the signal and no worker
+    survives it (they ignore both signals, so only capsv.workers can end them)."""
+    proc = _start(_command(corpus, "eval", "nan.wav", 2, tmp_path / "run"),
+                  CAPSV_FAULT="pause_in_worker")
+    try:
+        workers = _wait_for_paused_workers(proc, 2)
+        os.killpg(proc.pid, signum)
+        rc, _, err, seconds = _finish(proc)
+        time.sleep(0.5)
+        leftover = [pid for pid in workers if _alive(pid)]
+    finally:
+        _kill_group(proc)
+    assert rc in (code, -signum), (rc, err[-2000:])
+    assert not leftover and seconds < 60
+    assert "Traceback" not in err
+
+
 # ----------------------------------------------------------------- special files, dead pools
 def _run(args: list[str]) -> tuple[int, str]:
     proc = _start(args)
