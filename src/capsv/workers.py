@@ -38,8 +38,12 @@ class WorkerError(CapsvError):
 
 
 def start_worker() -> None:
-    """First thing in every DataLoader worker (their ``worker_init_fn`` calls it)."""
+    """First thing in every DataLoader worker (their ``worker_init_fn`` calls it): die with
+    the parent, and leave Ctrl-C (SIGINT to the whole process group) and SIGTERM to the main
+    process, which needs the batch in flight to save its state on the way out."""
     die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Test hook (capsv.faults): a worker busy for a minute, as one stuck in a slow read.
     faults.pause_if("pause_in_worker", lambda: False)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,10 +183,8 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: Ctrl-C (SIGINT to the whole process group) and SIGTERM
     are for the training process to handle; a worker that died of them would break the
     batch in flight and the checkpoint the parent saves on its way out. Ignoring SIGTERM means
-    a worker must die with its parent instead (:func:`capsv.workers.start_worker`)."""
+    a worker must die with its parent instead: see :func:`capsv.workers.start_worker`."""
     start_worker()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _seed_worker(worker_id: int) -> None:
