@@ -103,9 +103,15 @@ def _is_dataloader_worker(process) -> bool:
 def _kill_leftover_workers() -> None:
     """At interpreter exit: SIGKILL every DataLoader worker still alive (they ignore the
     SIGTERM that multiprocessing's exit hook, which runs after this one, would send)."""
-    for process in multiprocessing.active_children():
-        if _is_dataloader_worker(process):
-            _kill(process)
+    workers = [p for p in multiprocessing.active_children() if _is_dataloader_worker(p)]
+    if not workers:
+        return
+    try:      # the DataLoader's SIGCHLD handler would call these deaths an error, at exit
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    except ValueError:
+        pass                      # not the main thread: no handler of torch's there either
+    for process in workers:
+        _kill(process)
 
 
 _CAUGHT = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal ")
