@@ -51,13 +51,23 @@ def _write_bad(path: Path, kind: str) -> None:
         sf.write(path, np.resize(SPEECH, 44100), 44100, subtype="PCM_16")
     elif kind == "float_nan":
         sf.write(path, np.full(SR, np.nan, np.float32), SR, subtype="FLOAT")
+    elif kind == "flac_body":                     # a good FLAC header, then noise: fails decoding
+        sf.write(path, SPEECH, SR, format="FLAC")
+        good = path.read_bytes()
+        path.write_bytes(good[:2000] + np.random.default_rng(1).bytes(len(good) - 2000))
 
 
 # kind -> what the error must say (besides the file's name)
 BAD = {"empty": "cannot read audio", "header_only": "no audio samples",
        "truncated": "truncated WAV", "random_bytes": "cannot read audio",
        "rate_8k": "sample rate is 8000 Hz", "rate_44k": "sample rate is 44100 Hz",
-       "float_nan": "NaN or infinite samples"}
+       "float_nan": "NaN or infinite samples", "flac_body": "cannot read audio"}
+# found only when the samples are decoded (the header is fine)
+DECODE_TIME = ("float_nan", "flac_body")
+
+
+def _name(kind: str) -> str:
+    return f"{kind}.flac" if kind == "flac_body" else f"{kind}.wav"
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +76,7 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_input")
     items = make_corpus(str(root / "audio"), 4, 2, seconds=(0.3, 0.5), seed=3)
     for kind in BAD:
-        _write_bad(root / "audio" / f"{kind}.wav", kind)
+        _write_bad(root / "audio" / _name(kind), kind)
     torch.manual_seed(0)
     save_checkpoint(str(root / "tap.model"), SpeakerNet("ResNetSE34L", "TAP", 32))
     return root, items
@@ -95,7 +105,7 @@ def one_thread():
 @pytest.mark.parametrize("kind", BAD)
 def test_bad_file_in_the_api_is_a_clear_error(corpus, kind):
     root, _ = corpus
-    path = str(root / "audio" / f"{kind}.wav")
+    path = str(root / "audio" / _name(kind))
     with pytest.raises(CapsvError, match=BAD[kind]) as info:
         _verifier(root).embed(path)
     assert path in str(info.value)
@@ -105,26 +115,30 @@ def _trials(root: Path, items, bad: str | None) -> Path:
     a, b = items[0][1], items[2][1]         # speakers 0 and 1
     lines = [f"1 {a} {items[1][1]}", f"0 {a} {b}", f"1 {b} {items[3][1]}", f"0 {items[1][1]} {b}"]
     if bad:
-        lines += [f"0 {a} {bad}.wav", f"1 {bad}.wav {b}"]
+        lines += [f"0 {a} {_name(bad)}", f"1 {_name(bad)} {b}"]
     path = root / f"trials_{bad}.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("kind", BAD)
-def test_bad_file_in_evaluation_errors_or_is_skipped_with_its_trials(corpus, kind, capsys):
+def test_bad_file_in_evaluation_errors_or_is_skipped_with_its_trials(corpus, kind, workers,
+                                                                     capsys):
+    """Header problems are found before any work, decoding problems (DECODE_TIME) when the
+    file is read, in a DataLoader worker or not: the same one-line error, or with skip the
+    same result."""
     root, items = corpus
     net = _verifier(root).net
     trials = _trials(root, items, kind)
-    if kind == "float_nan":     # the header is fine: found when read, named in the error
-        with pytest.raises(CapsvError, match=f"{kind}.wav: the file holds NaN"):
-            evaluate_list(net, str(trials), str(root / "audio"), 20, 2, progress=False)
-        return
-    with pytest.raises(EvalInputError, match=f"{kind}.wav: .*{BAD[kind]}"):
-        evaluate_list(net, str(trials), str(root / "audio"), 20, 2, progress=False)
+    expected = CapsvError if kind in DECODE_TIME else EvalInputError
+    with pytest.raises(expected, match=f"{_name(kind)}: .*{BAD[kind]}") as info:
+        evaluate_list(net, str(trials), str(root / "audio"), 20, 2, progress=False,
+                      workers=workers)
+    assert "Traceback" not in str(info.value) and "DataLoader" not in str(info.value)
     result = evaluate_list(net, str(trials), str(root / "audio"), 20, 2, progress=False,
-                           on_bad_audio="skip")
-    assert result.skipped_files == [f"{kind}.wav"] and result.skipped_trials == 2
+                           on_bad_audio="skip", workers=workers)
+    assert result.skipped_files == [_name(kind)] and result.skipped_trials == 2
     assert len(result.trials) == 4
     clean = evaluate_list(net, str(_trials(root, items, None)), str(root / "audio"), 20, 2,
                           progress=False)
@@ -134,7 +148,7 @@ def test_bad_file_in_evaluation_errors_or_is_skipped_with_its_trials(corpus, kin
 
 def _train_cfg(root: Path, items, bad: str, save: Path, **over) -> dict:
     """4 speakers x 2 utterances; speaker 1's second utterance is the bad file."""
-    listed = [(s, r) for s, r in items if r != items[3][1]] + [(items[3][0], f"{bad}.wav")]
+    listed = [(s, r) for s, r in items if r != items[3][1]] + [(items[3][0], _name(bad))]
     write_train_list(str(root / f"train_{bad}.txt"), listed)
     cfg = dict(model="ResNetSE34L", encoder_type="TAP", nOut=32, trainfunc="softmaxproto",
                nSpeakers=2, batch_size=2, max_frames=20, max_epoch=1, seed=1, optimizer="adam",
@@ -145,14 +159,17 @@ def _train_cfg(root: Path, items, bad: str, save: Path, **over) -> dict:
     return cfg
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("kind", BAD)
-def test_bad_file_in_training_errors_or_is_replaced(corpus, kind, tmp_path, capsys):
+def test_bad_file_in_training_errors_or_is_replaced(corpus, kind, workers, tmp_path, capsys):
     root, items = corpus
     faults.arm("")
-    with pytest.raises(CapsvError, match=f"{kind}.wav: .*{BAD[kind]}"):
-        train(_train_cfg(root, items, kind, tmp_path / "err"))
+    with pytest.raises(CapsvError, match=f"{_name(kind)}: .*{BAD[kind]}") as info:
+        train(_train_cfg(root, items, kind, tmp_path / "err", nDataLoaderThread=workers))
+    assert "Traceback" not in str(info.value) and "DataLoader" not in str(info.value)
     assert not list((tmp_path / "err" / "model").iterdir())
-    summary = train(_train_cfg(root, items, kind, tmp_path / "skip", on_bad_audio="skip"))
+    summary = train(_train_cfg(root, items, kind, tmp_path / "skip", on_bad_audio="skip",
+                               nDataLoaderThread=workers))
     assert summary.final_epoch == 1 and np.isfinite(summary.loss)
     out = capsys.readouterr().out
     assert "warning: skipping bad training file (--on_bad_audio skip): " in out and kind in out

@@ -365,8 +365,8 @@ def test_a_run_of_the_original_code_is_continued(reference_dir, small_corpus, tm
 
 def test_continuing_a_run_with_another_objective_is_a_clear_error(small_corpus, tmp_path, one_thread):
     train(_args(small_corpus, tmp_path))
-    with pytest.raises(TrainError, match=r"cannot continue this run with --trainfunc proto "
-                                         r"--global_clf True.*another --save_path"):
+    with pytest.raises(TrainError, match=r"cannot continue this run with --global_clf False -> "
+                                         r"True.*another --save_path"):
         train(_args(small_corpus, tmp_path, global_clf=True, max_epoch=2))
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from .errors import CapsvError
+from .special_files import not_regular
 
 SAMPLE_RATE = 16000
 HOP = 160
@@ -67,6 +68,7 @@ def audio_info(path: str, expected_rate: int | None = SAMPLE_RATE) -> AudioInfo:
     For AAC (``.m4a``) files the sample count comes from the container's duration and may
     differ from the decoded length by a frame of priming samples.
     """
+    _require_regular(path)
     if not os.path.isfile(path):
         raise AudioError(f"{path}: file not found")
     if is_compressed(path):
@@ -80,6 +82,13 @@ def audio_info(path: str, expected_rate: int | None = SAMPLE_RATE) -> AudioInfo:
         raise AudioError(f"{path}: the file holds no audio samples")
     check_wav_complete(path)
     return AudioInfo(path, int(info.frames), int(info.samplerate), int(info.channels))
+
+
+def _require_regular(path: str) -> None:
+    """A FIFO or device would block the open (forever): refuse it by its type."""
+    special = not_regular(path)
+    if special:
+        raise AudioError(f"{path}: is {special}, not an audio file")
 
 
 def _check_rate(path: str, rate: int, expected_rate: int | None) -> None:
@@ -104,6 +113,7 @@ def check_wav_complete(path: str) -> None:
     libsndfile silently reads what is there, so a truncated download would pass as a
     shorter, valid file. Streamed WAVs (size 0 or 0xFFFFFFFF) and non-WAV files are skipped.
     """
+    _require_regular(path)            # every soundfile open comes through here first
     if not path.lower().endswith(".wav"):
         return
     try:
@@ -300,7 +310,10 @@ class _Pcm16Wav:
         """Samples [start, start + count) as mono float32 on the int16 scale (fewer at the end)."""
         width = 2 * self.layout.channels
         count = max(0, min(count, self.frames - start))
-        raw = os.pread(self.fd, count * width, self.layout.data_offset + start * width)
+        try:
+            raw = os.pread(self.fd, count * width, self.layout.data_offset + start * width)
+        except OSError as exc:        # an I/O error while reading: as soundfile's are
+            raise AudioError(f"{self.path}: cannot read audio ({exc})") from None
         data = np.frombuffer(raw[:len(raw) - len(raw) % width], dtype="<i2")
         if self.layout.channels == 1:
             return data.astype(np.float32)
@@ -314,6 +327,7 @@ def _open_pcm16(path: str):
     if not path.lower().endswith(".wav"):
         yield None
         return
+    _require_regular(path)
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -393,6 +407,7 @@ def is_compressed(path: str) -> bool:
 def _open_av(path: str):
     import av  # imported lazily: only AAC input needs it
 
+    _require_regular(path)
     if not os.path.isfile(path):
         raise AudioError(f"{path}: file not found")
     try:
@@ -459,7 +474,10 @@ def load_m4a(path: str, expected_rate: int | None = SAMPLE_RATE) -> np.ndarray:
                           "mono by averaging", stacklevel=2)
     if not chunks or sum(len(c) for c in chunks) == 0:
         raise AudioError(f"{path}: the file holds no audio samples")
-    return np.concatenate(chunks)
+    audio = np.concatenate(chunks)
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{path}: the file decodes to NaN or infinite samples; it is damaged")
+    return audio
 
 
 def write_m4a(path: str, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from . import __version__
 from .errors import CapsvError
+from .special_files import not_regular
 from .models import SpeakerNet
 from .utils import atomic_torch_save
 
@@ -36,6 +37,9 @@ class CheckpointError(CapsvError):
 
 def read_checkpoint(path: str) -> dict:
     """``torch.load(weights_only=True)`` with errors that name the file."""
+    special = not_regular(path)
+    if special:                       # opening a FIFO would block forever
+        raise CheckpointError(f"{path}: is {special}, not a checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

@@ -44,6 +44,7 @@ from .metrics import Metrics, compute_metrics
 from .models import SpeakerNet
 from .pooling import pad_frames
 from .scorenorm import adaptive_snorm, cohort_stats
+from .workers import stop_workers, worker_error
 
 
 class EvalInputError(CapsvError):
@@ -121,13 +122,22 @@ class EvalCrops(Dataset):
     """The evaluation crops of each source: a file path, or a 1-D float32 waveform already
     on the int16 scale (the Python API passes arrays)."""
 
-    def __init__(self, paths: list, eval_frames: int, num_eval: int):
+    def __init__(self, paths: list, eval_frames: int, num_eval: int, skip_bad: bool = False):
         self.paths, self.eval_frames, self.num_eval = paths, eval_frames, num_eval
+        self.skip_bad = skip_bad     # an unreadable file gives (index, AudioError), not a raise
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
+        if not self.skip_bad:
+            return self._crops(index)
+        try:
+            return self._crops(index)
+        except AudioError as exc:     # found while decoding: travels back to the main process
+            return index, AudioError(str(exc))
+
+    def _crops(self, index: int):
         source = self.paths[index]
         if isinstance(source, str) and self.eval_frames > 0:   # reads only the crops
             return index, torch.from_numpy(load_eval_crops(source, self.eval_frames, self.num_eval))
@@ -147,7 +157,18 @@ def _batches_of_files(dataset: EvalCrops, files_per_batch: int, workers: int):
     loader = DataLoader(dataset, batch_size=files_per_batch, num_workers=workers,
                         collate_fn=list, persistent_workers=False,
                         worker_init_fn=ignore_stop_signals)   # the parent handles Ctrl-C
-    yield from loader
+    batches = iter(loader)
+    try:
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as exc:   # a worker's error: its own one line, as with 0 workers
+                raise worker_error(exc) from None
+            yield batch
+    finally:
+        stop_workers(batches)          # now, not at exit (where they would hang the exit)
 
 
 @dataclass
@@ -174,6 +195,7 @@ class FileFeatures:
     mean_emb: dict[int, torch.Tensor] = field(default_factory=dict)
     mean_store: torch.Tensor | None = None
     store: FeatureStore | None = None
+    unreadable: dict[int, str] = field(default_factory=dict)   # skip_bad: index -> why
 
     def keep_cap(self, index: int, frames: torch.Tensor, proj: torch.Tensor, capacity: int) -> None:
         if self.frames_store is None:
@@ -223,13 +245,17 @@ class FileFeatures:
 def extract_features(net: SpeakerNet, paths: list, eval_frames: int = 350, num_eval: int = 10,
                      device: torch.device | str = "cpu", workers: int = 0,
                      files_per_batch: int = 4, progress: bool = True, *,
-                     keep_crops: bool = True, cache: str | None = IN_MEMORY) -> FileFeatures:
+                     keep_crops: bool = True, cache: str | None = IN_MEMORY,
+                     skip_bad: bool = False) -> FileFeatures:
     """Features of every source (path or int16-scale waveform), keyed by position in ``paths``.
 
     ``cache``: ``IN_MEMORY`` (":memory:") keeps tensors on ``device``; ``None`` writes them to
     a temporary disk store that vanishes with the process; a folder keeps them there for
     reruns (:mod:`capsv.feature_store`; sources must then be paths). ``keep_crops``: TAP/SAP
     also keep the crop embeddings (``emb``), not only their mean (in memory only).
+    ``skip_bad``: a file that fails while decoding is left out and named in ``.unreadable``
+    instead of raising :class:`~capsv.audio.AudioError` (in a disk store its rows are zeros,
+    and a cache folder holding such a file is not marked reusable).
     """
     net.eval()
     if eval_frames <= 0:
@@ -246,17 +272,28 @@ def extract_features(net: SpeakerNet, paths: list, eval_frames: int = 350, num_e
         if isinstance(sink, FeatureStore):
             return FileFeatures.from_store(sink, fixed_size=eval_frames > 0)
     feats = FileFeatures()
-    dataset = EvalCrops(paths, eval_frames, num_eval)
+    dataset = EvalCrops(paths, eval_frames, num_eval, skip_bad)
     bar = tqdm(total=len(paths), desc="files", unit="file", disable=not progress, leave=False)
     try:
         for batch in _batches_of_files(dataset, files_per_batch, workers):
+            bar.update(len(batch))
+            for index, crops in batch:
+                if isinstance(crops, AudioError):
+                    feats.unreadable[index] = str(crops)
+            batch = [(i, c) for i, c in batch if not isinstance(c, AudioError)]
+            if not batch:
+                continue
             indices = [i for i, _ in batch]
             counts = [c.shape[0] for _, c in batch]
             frames = net.frames(torch.cat([c for _, c in batch]).to(device))
             for index, part in zip(indices, frames.split(counts)):
                 _keep_file(net, feats, sink, index, part, len(paths), eval_frames > 0, keep_crops)
-            bar.update(len(batch))
             faults.kill_if("kill_during_extract")   # test hook: a store half written
+        if sink is not None and feats.unreadable:
+            if len(feats.unreadable) == len(paths):
+                raise EvalInputError(f"none of the {len(paths)} files could be read: "
+                                     f"{next(iter(feats.unreadable.values()))}")
+            sink.fill_gaps(len(paths))
     except BaseException:
         if sink is not None:
             sink.abandon()
@@ -265,7 +302,10 @@ def extract_features(net: SpeakerNet, paths: list, eval_frames: int = 350, num_e
         bar.close()
     if sink is None:
         return feats
-    return FileFeatures.from_store(sink.finish(), fixed_size=eval_frames > 0)
+    unreadable = feats.unreadable
+    feats = FileFeatures.from_store(sink.finish(reusable=not unreadable), fixed_size=eval_frames > 0)
+    feats.unreadable = unreadable
+    return feats
 
 
 def _keep_file(net: SpeakerNet, feats: FileFeatures, sink: StoreWriter | None, index: int,
@@ -275,8 +315,8 @@ def _keep_file(net: SpeakerNet, feats: FileFeatures, sink: StoreWriter | None, i
     if net.pairwise:
         proj = net.pooling.project(part)
         if sink is not None:
-            sink.append("frames", index, part.cpu().numpy())
-            sink.append("proj", index, proj.cpu().numpy())
+            sink.append("frames", index, part.cpu().numpy(), fill_gaps=True)
+            sink.append("proj", index, proj.cpu().numpy(), fill_gaps=True)
         elif fixed_size:
             feats.keep_cap(index, part, proj, n_files)
         else:
@@ -284,7 +324,7 @@ def _keep_file(net: SpeakerNet, feats: FileFeatures, sink: StoreWriter | None, i
         return
     crops = F.normalize(net.pooling(part), dim=-1)
     if sink is not None:
-        sink.append("emb", index, crops.mean(dim=0).cpu().numpy())
+        sink.append("emb", index, crops.mean(dim=0).cpu().numpy(), fill_gaps=True)
         return
     feats.keep_mean(index, crops.mean(dim=0), n_files)
     if keep_crops:
@@ -489,8 +529,13 @@ def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: 
     pairs = np.array([(rel_index[t.path1], rel_index[t.path2]) for t in trials], dtype=np.int64)
     net = net.to(device)
     feats = extract_features(net, paths, eval_frames, num_eval, device=device, workers=workers,
-                             progress=progress, keep_crops=False, cache=eval_cache)
+                             progress=progress, keep_crops=False, cache=eval_cache,
+                             skip_bad=on_bad_audio == "skip")
     try:
+        if feats.unreadable:                    # failed while decoding, after a good header
+            trials, pairs, dropped = _drop_unreadable(feats.unreadable, files, trials, pairs,
+                                                      test_list)
+            skipped = sorted(set(skipped) | dropped)
         faults.kill_if("kill_during_eval")      # test hook (capsv.faults): features read, not scored
         return _score_list(net, feats, trials, files, pairs, index, cohort, score_norm,
                            skipped, n_listed, progress)
@@ -509,7 +554,10 @@ def _score_list(net: SpeakerNet, feats: FileFeatures, trials: list[Trial], files
         return EvalResult(trials, scores, compute_metrics(scores, labels), skipped_files=skipped,
                           skipped_trials=n_listed - len(trials))
     cohort_ids = np.array([index[p] for p in cohort])
-    mean, std = _cohort_side_stats(net, feats, len(files), cohort_ids, score_norm.top_n, progress)
+    file_ids = np.array([i for i in range(len(files)) if i not in feats.unreadable], np.int64)
+    mean, std = np.full(len(files), np.nan), np.full(len(files), np.nan)
+    mean[file_ids], std[file_ids] = _cohort_side_stats(net, feats, file_ids, cohort_ids,
+                                                       score_norm.top_n, progress)
     normed = adaptive_snorm(scores, mean[pairs[:, 0]], std[pairs[:, 0]],
                             mean[pairs[:, 1]], std[pairs[:, 1]])
     return EvalResult(trials, normed, compute_metrics(normed, labels),
@@ -517,23 +565,44 @@ def _score_list(net: SpeakerNet, feats: FileFeatures, trials: list[Trial], files
                       skipped_files=skipped, skipped_trials=n_listed - len(trials))
 
 
-def _cohort_side_stats(net: SpeakerNet, feats: FileFeatures, n_files: int, cohort_ids: np.ndarray,
-                       top_n: int, progress: bool, entries: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
-    """AS-norm mean and std (n_files,) of each trial file's top cohort scores.
+def _cohort_side_stats(net: SpeakerNet, feats: FileFeatures, file_ids: np.ndarray,
+                       cohort_ids: np.ndarray, top_n: int, progress: bool,
+                       entries: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """AS-norm mean and std (len(file_ids),) of each trial file's top cohort scores.
 
     One row of cohort scores per trial file (CAP's score is symmetric, spec §3), the file
     itself left out when it is also in the cohort; computed for blocks of files of at most
     ``entries`` scores, so the (files, cohort) table is never held whole."""
     block = max(1, entries // len(cohort_ids))
     means, stds = [], []
-    for start in range(0, n_files, block):
-        file_ids = np.arange(start, min(start + block, n_files))
-        table = cohort_scores(net, feats, file_ids, cohort_ids, progress=progress)
-        table[file_ids[:, None] == cohort_ids[None, :]] = -np.inf
+    for start in range(0, len(file_ids), block):
+        ids = file_ids[start:start + block]
+        table = cohort_scores(net, feats, ids, cohort_ids, progress=progress)
+        table[ids[:, None] == cohort_ids[None, :]] = -np.inf
         mean, std = cohort_stats(table, top_n)
         means.append(mean)
         stds.append(std)
     return np.concatenate(means), np.concatenate(stds)
+
+def _drop_unreadable(unreadable: dict[int, str], files: list[str], trials: list[Trial],
+                     pairs: np.ndarray, test_list: str) -> tuple[list[Trial], np.ndarray, set[str]]:
+    """--on_bad_audio skip for files that failed while decoding: warn per file, leave out
+    their trials (``pairs`` (n, 2) file indices of ``trials``). A cohort file cannot be left
+    out (every trial's normalisation uses it): an error."""
+    cohort = [why for index, why in unreadable.items() if index >= len(files)]
+    if cohort:
+        raise EvalInputError(f"unusable cohort file: {cohort[0]}")
+    for why in unreadable.values():
+        print(f"warning: skipping (--on_bad_audio skip): {why}", flush=True)
+    keep = ~np.isin(pairs, list(unreadable)).any(axis=1)
+    kept = [t for t, k in zip(trials, keep) if k]
+    print(f"warning: {len(unreadable)} file(s) failed while decoding; {len(trials) - len(kept)} "
+          f"more of their trials left out", flush=True)
+    labels = {t.label for t in kept}
+    if labels != {0, 1}:
+        raise EvalInputError(f"{test_list}: the trials left after skipping bad files do not have "
+                             "both labels 1 and 0; EER and minDCF need both")
+    return kept, pairs[keep], {files[i] for i in unreadable}
 
 
 def validate_cohort(norm: ScoreNorm) -> list[str]:

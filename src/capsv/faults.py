@@ -20,6 +20,8 @@ Set ``CAPSV_FAULT`` before starting a run; unset (the normal case) every hook is
   then sends the signal at an exact step instead of guessing with sleeps.
 - ``pause_after_run``        the same once the last epoch is trained, evaluated and saved,
   just before ``train`` returns.
+- ``pause_in_worker``        a DataLoader worker, as it starts, announces itself the same way
+  and stays busy for a minute (like a worker stuck in a slow read).
 - ``pause_during_save:N``   the same while the N-th checkpoint's temp file is written, before
   its rename; the wait ends when a signal handler raises (a second Ctrl-C) or after a minute.
 

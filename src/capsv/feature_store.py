@@ -177,8 +177,11 @@ class StoreWriter:
                                     f"({exc.strerror}); choose another folder with --eval_cache "
                                     "DIR") from None
 
-    def append(self, name: str, index: int, array: np.ndarray) -> None:
-        """File ``index``'s array ``name``; files must come in index order."""
+    def append(self, name: str, index: int, array: np.ndarray, fill_gaps: bool = False) -> None:
+        """File ``index``'s array ``name``; files must come in index order. ``fill_gaps``:
+        files skipped before it (unreadable, left out of scoring) get zero rows shaped like it."""
+        while fill_gaps and self.count[name] < index:
+            self.append(name, self.count[name], np.zeros_like(array))
         if index != self.count[name]:
             raise ValueError(f"{name}: file {index} written out of order (expected {self.count[name]})")
         array = np.ascontiguousarray(array, dtype=DTYPE)
@@ -206,8 +209,15 @@ class StoreWriter:
                                     f"{need / 2**30:.1f} GiB, only {free / 2**30:.1f} GiB free; "
                                     "choose another folder with --eval_cache DIR (or set TMPDIR)")
 
-    def finish(self) -> FeatureStore:
-        """Flush, write the manifest last (cache folders), and open the maps."""
+    def fill_gaps(self, up_to: int) -> None:
+        """Zero rows, shaped like each name's last row, for the skipped files before ``up_to``."""
+        for name, shapes in self.shapes.items():
+            while self.count[name] < up_to:
+                self.append(name, self.count[name], np.zeros(shapes[self.count[name] - 1], DTYPE))
+
+    def finish(self, reusable: bool = True) -> FeatureStore:
+        """Flush, write the manifest last (cache folders; not when the store holds zero rows
+        of skipped files: a rerun must read those files again), and open the maps."""
         short = {n: c for n, c in self.count.items() if c != self.n_files}
         if short:
             raise ValueError(f"feature store incomplete: {short} of {self.n_files} files")
@@ -215,7 +225,7 @@ class StoreWriter:
             handle.flush()
             if self.folder is not None:
                 os.fsync(handle.fileno())
-        if self.folder is not None:
+        if self.folder is not None and reusable:
             self._write_manifest()
         return FeatureStore(self.handles, self.shapes, self.lock)
 

@@ -53,6 +53,8 @@ from .losses import LOSSES, Embeddings, LossOutput, Objective
 from .models import BACKBONES, SpeakerNet
 from .pooling import POOLINGS
 from .utils import atomic_write_text, ensure_writable_dir, resolve_device
+from .runlock import run_lock
+from .workers import stop_workers, worker_error
 
 CHECKPOINT_RE = re.compile(r"^model(\d{9})\.model$")
 INTERRUPTED_RE = re.compile(r"^interrupted(\d{9})\.model$")
@@ -545,15 +547,6 @@ class RunLog:
 
 
 # --------------------------------------------------------------------------- the loop
-def _clean_worker_error(exc: CapsvError) -> CapsvError:
-    """DataLoader workers re-raise with the worker's traceback in the message; keep its last line."""
-    text = str(exc)
-    if "Traceback" not in text:
-        return exc
-    last = [line for line in text.splitlines() if line.strip()][-1]
-    return type(exc)(re.sub(r"^[\w.]+Error: ", "", last))
-
-
 def _check_bad_step(cfg: TrainConfig, epoch: int, step: int, loss, skipped: int) -> None:
     """A step whose loss is NaN/inf is skipped (weights untouched); past --max_bad_steps
     of them in one epoch, training stops."""
@@ -634,9 +627,12 @@ def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: 
                 done.seconds += time.time() - started
                 done.rng = rng_state()
                 raise TrainStopped(done, total, signum)
-    except CapsvError as exc:
-        raise _clean_worker_error(exc) from None
+    except TrainStopped:
+        raise
+    except Exception as exc:           # a worker's error comes with its traceback: one line
+        raise worker_error(exc) from None
     finally:
+        stop_workers(batches)          # now: a worker left running would hang the exit
         bar.close()
     done.seconds += time.time() - started
     return done.stats(lr)
@@ -693,7 +689,8 @@ def _resume(cfg, net, objective, optimizer, scheduler, scaler, plan: dict, dist,
         log.info(f"--initial_model {cfg.initial_model} ignored: continuing the run in {cfg.save_path}")
     if partial is not None:
         path, ckpt = partial
-        _load_training_state(cfg, net, objective, optimizer, scheduler, scaler, path, ckpt)
+        _load_training_state(cfg, net, objective, optimizer, scheduler, scaler, path, ckpt,
+                             log.info)
         position = ckpt["position"]
         progress = EpochProgress.from_state(position["ranks"][dist.rank], device)
         log.info(f"resumed from {path} (epoch {done + 1}, after step {progress.position} of "
@@ -709,7 +706,8 @@ def _resume(cfg, net, objective, optimizer, scheduler, scaler, plan: dict, dist,
         load_initial_model(path, net, objective, log.info)
         log.info(f"resuming a reference-format run from {path}: optimiser state starts fresh")
         return Resumed(epoch + 1, path)
-    _load_training_state(cfg, net, objective, optimizer, scheduler, scaler, path, ckpt)
+    _load_training_state(cfg, net, objective, optimizer, scheduler, scaler, path, ckpt,
+                         log.info)
     log.info(f"resumed from {path} (epoch {epoch}, LR {current_lr(optimizer):g})")
     return Resumed(epoch + 1, path, dict(ckpt.get("meta", {})), previous)
 
@@ -734,10 +732,43 @@ def _interrupted_checkpoint(save_path: str, epoch: int, plan: dict, log: RunLog)
     return path, ckpt
 
 
+# What a resumed run does with a flag that differs from the run's (docs/reliability.md):
+# refused: the saved state or the objective would not fit (model, loss, optimiser kind);
+RESUME_REFUSED = ("model", "encoder_type", "nOut", "trainfunc", "global_clf", "optimizer",
+                  "margin", "scale")
+# kept from the checkpoint, with a warning: the optimiser's and the schedule's saved state
+# (the schedule may have lowered the LR since; a new value would break the resume);
+RESUME_KEPT = ("lr", "weight_decay", "patience")
+# silently applied: where and how the run executes, not what it computes;
+RESUME_FREE = ("nDataLoaderThread", "device", "no_progress", "tensorboard", "max_epoch",
+               "initial_model", "save_path", "compile")
+# every other flag: applied from now on, with a warning naming it.
+
+
+def check_resume_flags(cfg: TrainConfig, then: dict, path: str, log=print) -> None:
+    """Refuse or warn about every flag that differs from the checkpoint's ``train_config``."""
+    now = asdict(cfg)
+    changed = {k: (then[k], now[k]) for k in now if k in then and then[k] != now[k]}
+    refused = [f"--{k} {a} -> {b}" for k, (a, b) in changed.items() if k in RESUME_REFUSED]
+    if refused:
+        raise TrainError(f"{path}: cannot continue this run with {'; '.join(refused)} (the "
+                         "saved state belongs to the old value); restore the flag or use "
+                         "another --save_path")
+    for key, (was, wanted) in changed.items():
+        if key in RESUME_KEPT:
+            log(f"warning: --{key} {wanted} ignored: continuing the run with its saved "
+                f"optimiser and schedule (--{key} was {was}); use another --save_path to "
+                "start over with the new value")
+        elif key not in RESUME_FREE:
+            log(f"warning: --{key} changed since {path} was written ({was} -> {wanted}); "
+                "the new value applies from now on")
+
+
 def _load_training_state(cfg, net, objective, optimizer, scheduler, scaler, path: str,
-                         ckpt: dict) -> None:
+                         ckpt: dict, log=print) -> None:
     """Weights, loss parameters, optimiser, scheduler, grad scaler and RNGs of a capsv
-    checkpoint."""
+    checkpoint, after :func:`check_resume_flags`."""
+    check_resume_flags(cfg, ckpt.get("train_config", {}), path, log)
     if dict(ckpt["model_config"]) != net.config:
         raise TrainError(f"{cfg.save_path} holds a run of {ckpt['model_config']}, not "
                          f"{net.config}; use another --save_path")
@@ -878,7 +909,8 @@ def train(args) -> TrainSummary:
     wall_start = time.time()
     cfg = TrainConfig.from_any(args)
     dist, device = distributed.setup(cfg.device)     # torchrun: one process per device
-    summary = _train(cfg, dist, device, wall_start)  # on error torchrun stops the other ranks
+    with run_lock(cfg.save_path, enabled=dist.is_main):   # one run per --save_path
+        summary = _train(cfg, dist, device, wall_start)  # on error torchrun stops the other ranks
     distributed.teardown(dist)
     return summary
 

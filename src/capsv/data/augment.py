@@ -22,6 +22,7 @@ import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import CapsvError
+from ..special_files import not_regular
 from .archive import extract_archive
 from .convert import find_files, parallel_map, write_wav_atomic
 from .download import STATE_DIR, Downloader, RemoteFile
@@ -131,6 +132,9 @@ def convolve_rir(audio: np.ndarray, rir: np.ndarray) -> np.ndarray:
 
 
 def _open_16k(path: str) -> sf.SoundFile:
+    special = not_regular(path)
+    if special:                   # opening a FIFO would block a training worker forever
+        raise AugmentError(f"{path}: is {special}, not an audio file")
     f = sf.SoundFile(path)
     if f.samplerate != SAMPLE_RATE:
         f.close()
@@ -287,6 +291,9 @@ def _cut_one(job: tuple[str, str]) -> tuple[int, str | None]:
     source, folder = job
     segment = SEGMENT_SECONDS * SAMPLE_RATE
     try:
+        special = not_regular(source)
+        if special:
+            raise AugmentError(f"is {special}, not an audio file")
         info = sf.info(source)
         starts = range(0, max(info.frames - segment, 0) + 1, segment)
         targets = [os.path.join(folder, f"{i:05d}.wav") for i in range(len(starts))]

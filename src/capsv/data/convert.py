@@ -6,6 +6,8 @@ This module imports no torch, so worker processes start quickly.
 from __future__ import annotations
 
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 import os
 import sys
 import wave
@@ -16,6 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ..utils import new_temp_beside
+from ..errors import CapsvError
+from ..special_files import not_regular
 
 SAMPLE_RATE = 16000
 
@@ -39,10 +43,31 @@ def parallel_map(func: Callable[[T], R], items: list[T], workers: int, desc: str
             return
         context = _worker_context()
         chunksize = max(1, min(32, len(items) // (workers * 8)))
-        with context.Pool(min(workers, len(items))) as pool:
-            for result in pool.imap_unordered(func, items, chunksize):
-                yield result
-                bar.update()
+        chunks = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
+        # An executor, not a Pool: when a worker dies (OOM-killed) a Pool waits forever for
+        # its result, an executor fails every pending future with BrokenProcessPool.
+        with ProcessPoolExecutor(min(workers, len(items)), mp_context=context) as pool:
+            pending = [pool.submit(_map_chunk, func, chunk) for chunk in chunks]
+            try:
+                for done in as_completed(pending):
+                    for result in done.result():
+                        yield result
+                        bar.update()
+            except BrokenProcessPool:
+                raise WorkerDied(f"{desc}: a worker process died (killed by the system, "
+                                 "probably for lack of memory); what finished is kept: rerun "
+                                 "with fewer --workers to do the rest") from None
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+class WorkerDied(CapsvError):
+    """A process of :func:`parallel_map` died before returning its results."""
+
+
+def _map_chunk(func: Callable[[T], R], chunk: list[T]) -> list[R]:
+    return [func(item) for item in chunk]
 
 
 def _worker_context():
@@ -126,6 +151,9 @@ def wav_path_for(m4a_path: str) -> str:
 
 def convert_one(m4a_path: str) -> tuple[str, str | None]:
     """Convert one file beside itself; return (path, None) or (path, reason it failed)."""
+    special = not_regular(m4a_path)
+    if special:                   # a FIFO would block the decoder forever
+        return m4a_path, f"not a regular file: it is {special}"
     try:
         write_wav_atomic(wav_path_for(m4a_path), decode_to_16k_mono(m4a_path))
         return m4a_path, None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import posixpath
 import random
-import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from ..audio import AudioError, load_random_crop
 from ..errors import CapsvError
 from ..utils import file_sha256
+from ..workers import start_worker
 from .lists import read_train_list
 from .sampler import SpeakerBatchSampler, SpeakerIndex
 
@@ -327,9 +327,9 @@ def build_augmenter(musan_path: str, rir_path: str):
 def ignore_stop_signals(worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: Ctrl-C (SIGINT to the whole process group) and SIGTERM
     are for the training process to handle; a worker that died of them would break the
-    batch in flight and the checkpoint the parent saves on its way out."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    batch in flight and the checkpoint the parent saves on its way out. Ignoring SIGTERM means
+    a worker must die with its parent instead: see :func:`capsv.workers.start_worker`."""
+    start_worker()
 
 
 def _seed_worker(worker_id: int) -> None:
