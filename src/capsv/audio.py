@@ -81,6 +81,14 @@ def audio_info(path: str, expected_rate: int | None = None) -> AudioInfo:
     decoded by PyAV (m4a, MP3, Opus ...) the sample count comes from the container's duration
     and may differ from the decoded length by a frame of priming samples.
     """
+    info = _read_info(path, expected_rate)
+    if info.samplerate != SAMPLE_RATE:
+        note_resampled(path, info.samplerate)
+    return info
+
+
+def _read_info(path: str, expected_rate: int | None) -> AudioInfo:
+    """:func:`audio_info` without the warning."""
     if not os.path.isfile(path):
         raise AudioError(f"{path}: file not found")
     if is_compressed(path):
@@ -95,8 +103,6 @@ def audio_info(path: str, expected_rate: int | None = None) -> AudioInfo:
             raise AudioError(f"{path}: the file holds no audio samples")
         check_wav_complete(path)
         info = AudioInfo(path, int(header.frames), int(header.samplerate), int(header.channels))
-    if info.samplerate != SAMPLE_RATE:
-        note_resampled(path, info.samplerate)
     return info
 
 
@@ -495,6 +501,56 @@ def _random_crop_resampled(f: sf.SoundFile, path: str, crop_len: int,
     if len(crop) < crop_len:                    # the file's last samples: pad the few missing
         crop = np.pad(crop, (0, crop_len - len(crop)))
     return crop
+
+
+def training_decode_note(paths: list[str], max_frames: int, sample: int = 64) -> str | None:
+    """A note for the training log when training files need decoding or resampling on the
+    fly (another rate than 16 kHz, or m4a/MP3/Opus ...), with the measured cost per crop.
+
+    Looks at the headers of up to ``sample`` files spread over the list (not all: a
+    million headers take minutes); None when all of them are 16 kHz WAV/FLAC, or under
+    --strict_audio (where such files are refused on reading)."""
+    if strict_rate() or not paths:
+        return None
+    chosen = paths[::max(1, len(paths) // sample)][:sample]
+    slow, plain, rates = [], [], set()
+    for path in chosen:
+        try:
+            rate = _read_info(path, None).samplerate
+        except AudioError:
+            continue                   # a bad file is reported when it is read
+        if rate != SAMPLE_RATE or is_compressed(path):
+            slow.append(path)
+            rates.add(rate)
+        else:
+            plain.append(path)
+    if not slow:
+        return None
+    cost = _crop_read_ms(slow[0], max_frames)
+    versus = f", against {_crop_read_ms(plain[0], max_frames):.2f} ms for a 16 kHz WAV" if plain else ""
+    kinds = ", ".join(f"{r} Hz" for r in sorted(rates))
+    return (f"{len(slow)} of {len(chosen)} sampled training files are not 16 kHz WAV/FLAC "
+            f"({kinds}; e.g. {slow[0]}): each crop is decoded and resampled to 16 kHz on the "
+            f"fly, {cost:.1f} ms per crop measured here{versus}. Converting them once to 16 kHz "
+            "WAV is faster (m4a: capsv prepare --convert; others: e.g. "
+            "`sox in.flac -r 16000 out.wav`).")
+
+
+def _crop_read_ms(path: str, max_frames: int, repeats: int = 3) -> float:
+    """Median wall time of reading one random training crop of ``path``, in ms."""
+    import time
+
+    times = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for seed in range(repeats):
+            began = time.perf_counter()
+            try:
+                load_random_crop(path, max_frames, np.random.default_rng(seed))
+            except AudioError:
+                return float("nan")
+            times.append(time.perf_counter() - began)
+    return 1000 * sorted(times)[len(times) // 2]
 
 
 # ----------------------------------------------------------- m4a/AAC, MP3, Opus ... (PyAV)

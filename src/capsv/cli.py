@@ -5,6 +5,8 @@ import argparse
 import importlib
 import signal
 import sys
+import warnings
+from contextlib import contextmanager
 
 from . import __version__
 from .config import apply_config
@@ -53,7 +55,10 @@ def run_command(name: str, argv: list[str], prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args = apply_config(args, parser, module.add_arguments, argv)
-        return int(module.run(args) or 0)
+        from .audio import set_strict_rate
+        set_strict_rate(bool(getattr(args, "strict_audio", False)))
+        with _plain_warnings(parser.prog):
+            return int(module.run(args) or 0)
     except CapsvError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -66,6 +71,18 @@ def run_command(name: str, argv: list[str], prog: str | None = None) -> int:
         # the shell's code for the signal (130 SIGINT, 143 SIGTERM); a bare Ctrl-C is 130.
         print(f"{parser.prog}: {str(exc) or 'interrupted'}", file=sys.stderr)
         return getattr(exc, "exit_code", 130)
+
+
+@contextmanager
+def _plain_warnings(prog: str):
+    """Python warnings (resampled or downmixed audio, short inputs) as 'capsv verify:
+    warning: ...' lines on stderr, without the source line of the code that warned."""
+    before = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"{prog}: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = before
 
 
 def main(argv: list[str] | None = None) -> int:

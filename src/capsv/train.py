@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import allocator, distributed, faults, precision
+from . import allocator, audio, distributed, faults, precision
 from .checkpoint import (is_capsv, load_state_strict, read_checkpoint, save_checkpoint,
                          split_reference_state)
 from .data.dataset import TrainCrops, TrainList, build_augmenter, make_train_loader
@@ -177,6 +177,7 @@ class TrainConfig:
     eval_frames: int = 350
     num_eval: int = 10
     on_bad_audio: str = "error"           # or "skip": see --on_bad_audio
+    strict_audio: bool = False            # refuse audio that is not 16 kHz (else resampled)
     # files and runtime
     save_path: str = "./data/exp1"
     initial_model: str = ""
@@ -892,6 +893,7 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
     log = RunLog(cfg.save_path, cfg.tensorboard) if main else distributed.QuietLog()
 
     # Data first: every bad input is reported before the model is built.
+    audio.set_strict_rate(cfg.strict_audio)      # in the environment: workers inherit it
     train_list = TrainList.read(cfg.train_list, cfg.train_path)
     sampler = SpeakerBatchSampler(train_list.labels, cfg.batch_size, cfg.nSpeakers,
                                   cfg.max_seg_per_spk, seed=cfg.seed, rank=dist.rank,
@@ -924,6 +926,9 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
     if meta.get("train_list_sha256") not in (None, train_sha):
         log.info("warning: the train list changed since the checkpoint was written")
     _describe_run(log, cfg, train_list, sampler, device, first_epoch)
+    decode_note = audio.training_decode_note(train_list.paths, cfg.max_frames) if main else None
+    if decode_note:
+        log.info(f"note: {decode_note}")
     log.info(f"memory: {malloc_note}")
     if dist.enabled:
         log.info(f"DistributedDataParallel over {dist.world_size} processes: a step takes "

@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "dynamo for --stft native (default: %(default)s)")
     p.add_argument("--no_check", action="store_true",
                    help="skip running the exported graphs against PyTorch")
-    p.add_argument("--config", help="YAML file of flag values; flags typed on the command line win")
+    p.add_argument("--config", help="YAML file of flag values; flags typed on the command line "
+                   "win; a training config works (its training-only keys are ignored)")
 
 
 def run(args: argparse.Namespace) -> int:
