@@ -126,6 +126,21 @@ def set_strict_rate(strict: bool) -> None:
         os.environ.pop(STRICT_RATE_ENV, None)
 
 
+@contextmanager
+def strict_audio(strict: bool):
+    """:func:`set_strict_rate` for the duration of a ``with`` block (a command, a training
+    run), then the previous setting again."""
+    before = os.environ.get(STRICT_RATE_ENV)
+    set_strict_rate(strict)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(STRICT_RATE_ENV, None)
+        else:
+            os.environ[STRICT_RATE_ENV] = before
+
+
 def strict_rate() -> bool:
     return os.environ.get(STRICT_RATE_ENV, "") not in ("", "0")
 

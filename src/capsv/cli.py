@@ -55,9 +55,8 @@ def run_command(name: str, argv: list[str], prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args = apply_config(args, parser, module.add_arguments, argv)
-        from .audio import set_strict_rate
-        set_strict_rate(bool(getattr(args, "strict_audio", False)))
-        with _plain_warnings(parser.prog):
+        from .audio import strict_audio
+        with _plain_warnings(parser.prog), strict_audio(bool(getattr(args, "strict_audio", False))):
             return int(module.run(args) or 0)
     except CapsvError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

@@ -94,8 +94,8 @@ def short_files_message(lengths: dict, eval_frames: int, what: str,
     return (f"{len(short)} of {len(lengths)} {what} are shorter than one "
             f"--eval_frames {eval_frames} crop ({crop / SAMPLE_RATE:.2f} s; the shortest is "
             f"{min(short) / SAMPLE_RATE:.2f} s). They are zero-padded, as the paper's code does, "
-            f"which can ruin their embeddings; --eval_frames {suggestion} fits 90 % of them "
-            "whole, and --eval_frames 0 scores whole utterances.")
+            f"which can ruin their embeddings; --eval_frames 0 scores whole utterances, and "
+            f"--eval_frames {suggestion} fits 90 % of them whole.")
 
 
 def validate_files(files: list[str], test_path: str, list_name: str,

@@ -879,7 +879,8 @@ def train(args) -> TrainSummary:
     wall_start = time.time()
     cfg = TrainConfig.from_any(args)
     dist, device = distributed.setup(cfg.device)     # torchrun: one process per device
-    summary = _train(cfg, dist, device, wall_start)  # on error torchrun stops the other ranks
+    with audio.strict_audio(cfg.strict_audio):      # in the environment: workers inherit it
+        summary = _train(cfg, dist, device, wall_start)  # on error torchrun stops the other ranks
     distributed.teardown(dist)
     return summary
 
@@ -893,7 +894,6 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
     log = RunLog(cfg.save_path, cfg.tensorboard) if main else distributed.QuietLog()
 
     # Data first: every bad input is reported before the model is built.
-    audio.set_strict_rate(cfg.strict_audio)      # in the environment: workers inherit it
     train_list = TrainList.read(cfg.train_list, cfg.train_path)
     sampler = SpeakerBatchSampler(train_list.labels, cfg.batch_size, cfg.nSpeakers,
                                   cfg.max_seg_per_spk, seed=cfg.seed, rank=dist.rank,
