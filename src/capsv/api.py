@@ -38,7 +38,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .audio import INT16_SCALE, SAMPLE_RATE, audio_info, resample
+from .audio import INT16_SCALE, SAMPLE_RATE, audio_info, resample, reset_rate_warnings
 from .checkpoint import is_capsv, load_model
 from .errors import CapsvError
 from .evaluate import FileFeatures, extract_features, score_pairs, short_files_message
@@ -210,6 +210,7 @@ class SpeakerVerifier:
         """Distinct sources (paths, or 16 kHz int16-scale float32 waveforms) and each input's
         index; warns when inputs are shorter than one crop (as ``capsv eval``)."""
         default_rate = self.sample_rate if sample_rate is None else _checked_rate(sample_rate)
+        reset_rate_warnings()             # each call says once per file what it resampled
         sources, seen, index, lengths = [], {}, [], {}
         for number, item in enumerate(inputs):
             key = os.path.normpath(os.fspath(item)) if _is_path(item) else ("array", id(item))

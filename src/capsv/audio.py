@@ -73,16 +73,17 @@ class AudioInfo:
         return int(round(self.frames * SAMPLE_RATE / self.samplerate))
 
 
-def audio_info(path: str, expected_rate: int | None = None) -> AudioInfo:
+def audio_info(path: str, expected_rate: int | None = None, warn: bool = True) -> AudioInfo:
     """Read only the header; raise :class:`AudioError` for missing or corrupt files.
 
     ``expected_rate``: refuse files of another rate; None (default) accepts any rate, unless
     ``--strict_audio`` is on, and warns once per file that will be resampled. For files
     decoded by PyAV (m4a, MP3, Opus ...) the sample count comes from the container's duration
-    and may differ from the decoded length by a frame of priming samples.
+    and may differ from the decoded length by a frame of priming samples. ``warn=False``:
+    no resampling warning (a check before the step that warns).
     """
     info = _read_info(path, expected_rate)
-    if info.samplerate != SAMPLE_RATE:
+    if warn and info.samplerate != SAMPLE_RATE:
         note_resampled(path, info.samplerate)
     return info
 
@@ -108,7 +109,7 @@ def _read_info(path: str, expected_rate: int | None) -> AudioInfo:
 
 # ------------------------------------------------------------------------ other sample rates
 STRICT_RATE_ENV = "CAPSV_STRICT_AUDIO"
-_MAX_RATE_WARNINGS = 20          # per process; a big list of 44.1 kHz files gets a summary
+_MAX_RATE_WARNINGS = 20          # per command or API call; then one summary line
 _RATE_WARNED: set[str] = set()
 
 
@@ -145,8 +146,14 @@ def strict_rate() -> bool:
     return os.environ.get(STRICT_RATE_ENV, "") not in ("", "0")
 
 
+def reset_rate_warnings() -> None:
+    """Start a new command or API call: each file is warned about once per command."""
+    _RATE_WARNED.clear()
+
+
 def note_resampled(path: str, rate: int) -> None:
-    """Warn, once per file and process, that ``path`` is resampled from ``rate`` to 16 kHz."""
+    """Warn, once per file (until :func:`reset_rate_warnings`), that ``path`` is resampled
+    from ``rate`` to 16 kHz; after 20 files, one line says that more follow."""
     if path in _RATE_WARNED or len(_RATE_WARNED) > _MAX_RATE_WARNINGS:
         return
     _RATE_WARNED.add(path)

@@ -55,7 +55,8 @@ def run_command(name: str, argv: list[str], prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args = apply_config(args, parser, module.add_arguments, argv)
-        from .audio import strict_audio
+        from .audio import reset_rate_warnings, strict_audio
+        reset_rate_warnings()
         with _plain_warnings(parser.prog), strict_audio(bool(getattr(args, "strict_audio", False))):
             return int(module.run(args) or 0)
     except CapsvError as exc:

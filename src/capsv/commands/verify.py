@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     for path in (args.audio1, args.audio2):
-        audio_info(path)          # bad audio fails before the model loads
+        audio_info(path, warn=False)   # bad audio fails before the model loads
     verifier = SpeakerVerifier.from_checkpoint(
         args.initial_model, device=args.device, model=args.model, encoder_type=args.encoder_type,
         nOut=args.nOut, eval_frames=args.eval_frames, num_eval=args.num_eval)
