@@ -10,9 +10,11 @@ that it resampled it.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,11 +50,6 @@ FORMATS = {
     "m44k.mp3": (44100, dict(format="MP3", subtype="MPEG_LAYER_III")),
     "a44k.m4a": (44100, None),
 }
-FAST = ["w44k.wav", "stereo44k.wav", "m44k.mp3", "a44k.m4a"]   # the default suite's subset
-
-
-def _params(names):
-    return [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in names]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -106,7 +103,7 @@ def _resample_warnings(messages: list[str]) -> list[str]:
     return [m for m in messages if "resampled to 16000 Hz" in m]
 
 
-@pytest.mark.parametrize("name", _params(FORMATS))
+@pytest.mark.parametrize("name", FORMATS)
 def test_api_scores_any_format_like_its_16k_conversion(corpus, reference_dir, tmp_path, name):
     sv = SpeakerVerifier.from_checkpoint(reference_dir / "ResNetSE34L_TAP.model",
                                          model="ResNetSE34L", eval_frames=100, num_eval=3,
@@ -121,7 +118,7 @@ def test_api_scores_any_format_like_its_16k_conversion(corpus, reference_dir, tm
     assert len(rate_warnings) == 1 and f"{FORMATS[name][0]} Hz" in str(rate_warnings[0].message)
 
 
-@pytest.mark.parametrize("name", _params(FORMATS))
+@pytest.mark.parametrize("name", FORMATS)
 def test_eval_scores_any_format_like_its_16k_conversion(corpus, tap_model, tmp_path, capsys, name):
     path = _fresh_copy(corpus, name, tmp_path)
     (tmp_path / "converted.wav").write_bytes((corpus / "converted" / (name + ".wav")).read_bytes())
@@ -139,7 +136,7 @@ def test_eval_scores_any_format_like_its_16k_conversion(corpus, tap_model, tmp_p
     assert len(rate) == 1 and rate[0].startswith(f"{path}: sample rate {FORMATS[name][0]} Hz")
 
 
-@pytest.mark.parametrize("name", _params(FORMATS))
+@pytest.mark.parametrize("name", FORMATS)
 def test_verify_scores_any_format_like_its_16k_conversion(corpus, tap_model, tmp_path, capsys, name):
     path = _fresh_copy(corpus, name, tmp_path)
     scores = []
@@ -155,7 +152,7 @@ def test_verify_scores_any_format_like_its_16k_conversion(corpus, tap_model, tmp
     assert_close_scores(*scores)
 
 
-@pytest.mark.parametrize("name", _params(FORMATS))
+@pytest.mark.parametrize("name", FORMATS)
 def test_embed_any_format_like_its_16k_conversion(corpus, tap_model, tmp_path, capsys, name):
     path = _fresh_copy(corpus, name, tmp_path)
     (tmp_path / "converted.wav").write_bytes((corpus / "converted" / (name + ".wav")).read_bytes())
@@ -244,3 +241,96 @@ def test_short_inputs_warn_in_verify_embed_and_api(corpus, tap_model, reference_
                                          sample_rate=16000)
     with pytest.warns(UserWarning, match="1 of 1 inputs are shorter than one --eval_frames 350"):
         sv.embed(np.ones(10, np.int16) * 1000)
+
+
+# ------------------------------------------------------------------ one config, Kaldi, training
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ResNetSE34L_TAP.yaml"
+
+
+def test_training_config_works_for_eval_verify_embed_and_export(corpus, tap_model, tmp_path, capsys):
+    """configs/ResNetSE34L_TAP.yaml (trainfunc, lr, batch_size ...) supplies the model flags
+    to every command; the training-only keys are ignored with one note."""
+    partner = corpus / "partner.wav"
+    (tmp_path / "trials.txt").write_text("1 partner.wav w44k.wav\n0 partner.wav f44k.flac\n")
+    fast = ["--eval_frames", "20", "--num_eval", "1"]
+    runs = {
+        "eval": ["--test_list", tmp_path / "trials.txt", "--test_path", corpus,
+                 "--nDataLoaderThread", "0", "--no_progress", *fast],
+        "verify": [partner, corpus / "w44k.wav", *fast],
+        "embed": ["--test_list", tmp_path / "trials.txt", "--test_path", corpus,
+                  "--out", tmp_path / "e.npz", "--nDataLoaderThread", "0", "--no_progress", *fast],
+        "export": ["--format", "torchscript", "--out", tmp_path / "ts", "--no_check", *fast],
+    }
+    for command, extra in runs.items():
+        code, _, err, _ = _run([command, "--config", CONFIG, "--initial_model", tap_model, *extra], capsys)
+        assert code == 0, (command, err)
+        notes = [l for l in err.splitlines() if l.startswith("note: ")]
+        assert len(notes) == 1 and "trainfunc" in notes[0] and "lr" in notes[0], (command, err)
+    (tmp_path / "bad.yaml").write_text("no_such_flag: 1\n")
+    code, _, err, _ = _run(["verify", partner, partner, "--config", tmp_path / "bad.yaml",
+                            "--initial_model", tap_model], capsys)
+    assert code == 2 and "unknown key 'no_such_flag'" in err
+
+
+def test_wav_scp_in_utterance_ids_out_and_score_reproduces_eval(corpus, tap_model, tmp_path, capsys):
+    pytest.importorskip("kaldiio", reason="kaldiio (optional) is not installed")
+    (tmp_path / "wav.scp").write_text(f"spkA-utt1 {corpus / 'w44k.wav'}\n"
+                                      f"spkA-utt2 partner.wav\nspkB-utt1 m44k.mp3\n")
+    common = ["--initial_model", tap_model, "--model", "ResNetSE34L", *PROTOCOL,
+              "--nDataLoaderThread", "0", "--no_progress", "--device", "cpu"]
+    code, out, err, _ = _run(["embed", "--wav_scp", tmp_path / "wav.scp", "--test_path", corpus,
+                              "--out", tmp_path / "x.ark", *common], capsys)
+    assert code == 0, err
+    assert "x.norms" in out
+    import kaldiio
+    stored = dict(kaldiio.load_scp(str(tmp_path / "x.scp")))
+    assert sorted(stored) == ["spkA-utt1", "spkA-utt2", "spkB-utt1"]
+    np.testing.assert_allclose([np.linalg.norm(v) for v in stored.values()], 1.0, atol=1e-5)
+    # capsv score from the ark (+ x.norms) equals capsv eval on the same files
+    (tmp_path / "utt_trials.txt").write_text("1 spkA-utt1 spkA-utt2\n0 spkA-utt2 spkB-utt1\n")
+    code, _, err, _ = _run(["score", "--embeddings", tmp_path / "x.scp", "--test_list",
+                            tmp_path / "utt_trials.txt", "--save_scores", tmp_path / "s.txt"], capsys)
+    assert code == 0, err
+    (tmp_path / "path_trials.txt").write_text(f"1 w44k.wav partner.wav\n0 partner.wav m44k.mp3\n")
+    code, _, err, _ = _run(["eval", "--test_list", tmp_path / "path_trials.txt", "--test_path",
+                            corpus, "--save_scores", tmp_path / "e.txt", *common], capsys)
+    assert code == 0, err
+    from_score = [float(l.split()[3]) for l in (tmp_path / "s.txt").read_text().splitlines()]
+    from_eval = [float(l.split()[3]) for l in (tmp_path / "e.txt").read_text().splitlines()]
+    np.testing.assert_allclose(from_score, from_eval, atol=1e-5)
+    (tmp_path / "piped.scp").write_text("u1 sox a.wav -t wav - |\n")
+    code, _, err, _ = _run(["embed", "--wav_scp", tmp_path / "piped.scp", "--out",
+                            tmp_path / "p.npz", *common], capsys)
+    assert code == 2 and "piped.scp:1: u1 is a command" in err
+
+
+def test_training_reads_44k_files_and_reports_the_cost(tmp_path, capsys):
+    """A train list of 44.1 kHz WAVs trains (crops resampled on the fly, the same crop as
+    the whole file resampled), and the log notes the rate and the measured cost per crop."""
+    from capsv.audio import load_audio, load_random_crop
+    from capsv.train import train
+    sys.path.insert(0, str(Path(__file__).parent))
+    from speech_like import make_corpus, write_train_list
+
+    items = make_corpus(str(tmp_path / "a16"), 4, 2, seconds=(0.6, 0.9), seed=5)
+    for _, rel in items:                       # the same corpus at 44.1 kHz
+        wave, _ = sf.read(tmp_path / "a16" / rel, dtype="float32")
+        os.makedirs(tmp_path / "a44" / os.path.dirname(rel), exist_ok=True)
+        sf.write(tmp_path / "a44" / rel, resample(wave, 16000, 44100), 44100, subtype="PCM_16")
+    path = str(tmp_path / "a44" / items[0][1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResampledAudioWarning)
+        whole = load_audio(path)
+    crop = load_random_crop(path, 20, np.random.default_rng(3))
+    start = int(np.random.default_rng(3).random() * (len(whole) - len(crop)))
+    np.testing.assert_allclose(crop, whole[start:start + len(crop)], atol=1e-3)
+    write_train_list(str(tmp_path / "train.txt"), items)
+    summary = train(dict(model="ResNetSE34L", encoder_type="TAP", nOut=32, trainfunc="softmaxproto",
+                         nSpeakers=2, batch_size=2, max_frames=20, max_epoch=1, seed=1,
+                         optimizer="adam", lr=0.001, nDataLoaderThread=0, device="cpu",
+                         no_progress=True, train_list=str(tmp_path / "train.txt"),
+                         train_path=str(tmp_path / "a44"), save_path=str(tmp_path / "run")))
+    assert summary.final_epoch == 1 and np.isfinite(summary.loss)
+    out = capsys.readouterr().out
+    assert "sampled training files are not 16 kHz WAV/FLAC (44100 Hz" in out
+    assert "ms per crop measured here" in out and "Converting them once" in out
