@@ -167,7 +167,7 @@ def export_onnx(module: nn.Module, example: tuple, spec: dict, path: str,
         import onnx  # noqa: F401  (both exporters need it)
     except ImportError:
         raise ExportError("ONNX export needs the optional package onnx "
-                          "(pip install 'capsv[export]')") from None
+                          "(from the capsv checkout: pip install -e '.[export]')") from None
     inputs, outputs = list(spec["inputs"]), list(spec["outputs"])
     with warnings.catch_warnings(), torch.no_grad(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore")
@@ -202,7 +202,7 @@ def run_onnx(path: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ExportError("running ONNX graphs needs onnxruntime (pip install 'capsv[export]')") from None
+        raise ExportError("running ONNX graphs needs onnxruntime (from the capsv checkout: pip install -e '.[export]')") from None
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     return session.run(None, inputs)
 
