@@ -31,6 +31,7 @@ import torch
 
 from . import __version__
 from .audio import AUDIO_EXTENSIONS
+from .data.lists import read_wav_scp  # noqa: F401  (part of this module's interface)
 from .errors import CapsvError
 from .evaluate import extract_features
 from .models import SpeakerNet
@@ -75,32 +76,6 @@ def find_audio(root: str) -> list[str]:
     if not found:
         raise EmbeddingError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
     return sorted(found)
-
-
-def read_wav_scp(path: str, root: str = "") -> list[tuple[str, str]]:
-    """(utterance id, audio path) of each line ``<utt-id> <path>`` of a Kaldi ``wav.scp``.
-
-    Relative paths are taken under ``root``. Piped commands (``... |``) and ark offsets
-    are refused: capsv never runs commands from a file."""
-    from .data.lists import ListError, _lines
-
-    items, seen = [], {}
-    for number, text in _lines(path):
-        fields = text.split(maxsplit=1)
-        if len(fields) != 2:
-            raise ListError(f"{path}:{number}: expected '<utt-id> <path>', found {text[:120]!r}")
-        utt, audio = fields[0], fields[1].strip()
-        if audio.endswith("|") or audio.startswith("ark:") or audio == "-":
-            raise ListError(f"{path}:{number}: {utt} is a command or an archive offset "
-                            f"({audio[:60]!r}); capsv reads audio files only: convert to files "
-                            "first (e.g. `wav-copy scp:wav.scp ark,scp:...` then list the wavs)")
-        if utt in seen:
-            raise ListError(f"{path}:{number}: utterance id {utt} repeats line {seen[utt]}")
-        seen[utt] = number
-        items.append((utt, os.path.join(root, audio)))
-    if not items:
-        raise ListError(f"{path}: the wav.scp is empty")
-    return items
 
 
 def embed_files(net: SpeakerNet, root: str, keys: list[str], eval_frames: int = 350,
