@@ -281,10 +281,9 @@ def load_audio(path: str, start: int = 0, frames: int = -1,
         if f.samplerate != SAMPLE_RATE:
             audio = resample(_read_int16_scale(f, path, -1), f.samplerate)
             audio = audio[start:] if frames < 0 else audio[start:start + frames]
-        elif start:
-            f.seek(start)
-            audio = _read_int16_scale(f, path, frames)
         else:
+            if start:
+                f.seek(start)
             audio = _read_int16_scale(f, path, frames)
     if len(audio) == 0 and frames != 0:
         raise AudioError(f"{path}: the file holds no audio samples"
