@@ -71,14 +71,15 @@ def run(args: argparse.Namespace) -> int:
     if args.out.endswith(".ark"):
         from ..embeddings import _kaldiio
         _kaldiio()   # fail before the heavy work when kaldiio is missing
-    keys, paths, source = _inputs(args)
+    keys, files, root, source = _inputs(args)
     lengths: dict[str, int] = {}
-    validate_files(paths, "", source, lengths=lengths)
+    validate_files(files, root, source, lengths=lengths)
     warn_if_crops_are_mostly_padding(lengths, args.eval_frames, source)
     device = resolve_device(args.device)
     net, _ = load_model(args.initial_model, args.model, args.encoder_type, args.nOut, device=device)
-    data = embed_files(net, "", keys, args.eval_frames, args.num_eval, device=device,
-                       workers=args.nDataLoaderThread, progress=not args.no_progress, paths=paths)
+    data = embed_files(net, root, keys, args.eval_frames, args.num_eval, device=device,
+                       workers=args.nDataLoaderThread, progress=not args.no_progress,
+                       paths=[os.path.join(root, f) for f in files])
     data.meta["checkpoint"] = args.initial_model
     written = write_embeddings(args.out, data)
     what = "frame features" if net.pairwise else "embeddings"
@@ -86,11 +87,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inputs(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
-    """(keys, audio paths, name of the source) from --dir, --test_list or --wav_scp."""
+def _inputs(args: argparse.Namespace) -> tuple[list[str], list[str], str, str]:
+    """(keys, audio files relative to the root, the root, the source's name) from --dir,
+    --test_list or --wav_scp."""
     if args.wav_scp:
-        items = read_wav_scp(args.wav_scp, args.test_path)
-        return [u for u, _ in items], [p for _, p in items], args.wav_scp
+        items = read_wav_scp(args.wav_scp)
+        return [u for u, _ in items], [p for _, p in items], args.test_path, args.wav_scp
     root = args.dir if args.dir else args.test_path
     keys = find_audio(root) if args.dir else read_audio_list(args.test_list)
-    return keys, [os.path.join(root, k) for k in keys], args.dir or args.test_list
+    return keys, keys, root, args.dir or args.test_list
