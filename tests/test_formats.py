@@ -345,3 +345,20 @@ def test_training_reads_44k_files_and_reports_the_cost(tmp_path, capsys):
     assert "sampled training files are not 16 kHz WAV/FLAC (44100 Hz" in out
     assert "ms per crop measured here" in out and "Converting them once" in out
     assert f"8 utterances of 4 speakers from {kaldi}" in out
+
+
+def test_help_and_defaults_say_what_the_commands_do(capsys):
+    """embed's --out is required in its usage; verify's help describes 'decision none';
+    verify, the API, eval and embed all default to --device auto."""
+    import inspect
+    for command in ("embed", "verify", "eval"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "(default: auto)" in " ".join(text.split()), command
+        if command == "embed":
+            assert " --out OUT" in text and "[--out OUT]" not in text
+        if command == "verify":
+            assert "'decision none (...)'" in text and "--strict_audio" in text
+    for function in (SpeakerVerifier.__init__, SpeakerVerifier.from_checkpoint):
+        assert inspect.signature(function).parameters["device"].default == "auto"
