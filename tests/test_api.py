@@ -63,11 +63,15 @@ def test_arrays_and_tensors_score_like_paths(verifiers, reference_dir):
     a16, _ = sf.read(pa, dtype="int16")
     b16, _ = sf.read(pb, dtype="int16")
     expected = sv.score(pa, pb)
-    assert sv.score(a16, torch.from_numpy(b16.astype(np.float32))) == pytest.approx(expected, abs=1e-6)
+    assert sv.score(a16, torch.from_numpy(b16.astype(np.float32)), sample_rate=16000) == \
+        pytest.approx(expected, abs=1e-6)
+    assert sv.score((a16, 16000), (b16, 16000)) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(InputError, match="without its sample rate; pass sample_rate="):
+        sv.score(a16, b16)                       # a waveform's rate cannot be guessed
     unit_a, unit_b = a16 / 32768.0, b16.astype(np.float32) / 32768
     with pytest.warns(UserWarning, match=r"multiplied by 32768"):
-        assert sv.score(unit_a, unit_b) == pytest.approx(expected, abs=1e-6)
-    explicit = small(verifiers["CAP"], input_scale="unit")
+        assert sv.score(unit_a, unit_b, sample_rate=16000) == pytest.approx(expected, abs=1e-6)
+    explicit = small(verifiers["CAP"], input_scale="unit", sample_rate=16000)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert explicit.score(unit_a, unit_b) == pytest.approx(expected, abs=1e-6)
@@ -103,16 +107,20 @@ def test_verify_uses_stored_or_given_threshold(verifiers, reference_dir, tmp_pat
         base.verify(wav / A, wav / B)                       # the reference file stores none
 
 
-def test_embed_tap_dot_product_is_the_score(verifiers, reference_dir):
+def test_embed_tap_is_unit_length_and_the_unscaled_dot_product_is_the_score(verifiers, reference_dir):
     sv = small(verifiers["TAP"], num_eval=3)
     wav = reference_dir / "wav"
     ea, eb = sv.embed_many([wav / A, wav / B])
     assert ea.shape == (512,) and ea.dtype == np.float32
-    assert float(ea @ eb) == pytest.approx(sv.score(wav / A, wav / B), abs=1e-6)
+    np.testing.assert_allclose([np.linalg.norm(ea), np.linalg.norm(eb)], 1.0, atol=1e-6)
+    ma, mb = sv.embed_many([wav / A, wav / B], normalize=False)
+    score = sv.score(wav / A, wav / B)
+    assert float(ma @ mb) == pytest.approx(score, abs=1e-6)     # the mean of crop cosines
+    assert float(ea @ eb) * np.linalg.norm(ma) * np.linalg.norm(mb) == pytest.approx(score, abs=1e-6)
     crops = sv.embed(wav / A, crops=True)
     assert crops.shape == (3, 512)
     np.testing.assert_allclose(np.linalg.norm(crops, axis=1), 1.0, atol=1e-6)
-    np.testing.assert_allclose(crops.mean(axis=0), ea, atol=1e-6)
+    np.testing.assert_allclose(crops.mean(axis=0), ma, atol=1e-6)
 
 
 def test_embed_cap_returns_frame_features(verifiers, reference_dir):

@@ -57,9 +57,10 @@ def test_short_file_random_crop_is_padded(tmp_path):
     assert crop.sum() == 1001
 
 
-def test_wrong_rate_names_rate(tmp_path):
+def test_wrong_rate_names_rate_under_strict_audio(tmp_path, monkeypatch):
     path = tmp_path / "a8k.wav"
     sf.write(path, np.zeros(8000, dtype=np.int16), 8000, subtype="PCM_16")
+    monkeypatch.setenv("CAPSV_STRICT_AUDIO", "1")        # --strict_audio
     with pytest.raises(AudioError, match="8000 Hz"):
         audio_info(str(path))
     with pytest.raises(AudioError, match="8000 Hz"):

@@ -78,11 +78,13 @@ def test_rewritten_file_is_parsed_again(tmp_path, ints):
         assert wav.frames == SR and wav.layout.channels == 2
 
 
-def test_bad_files_keep_their_errors(tmp_path, ints):
+def test_bad_files_keep_their_errors(tmp_path, ints, monkeypatch):
     rate = tmp_path / "r8k.wav"
     sf.write(str(rate), ints, 8000, subtype="PCM_16")
+    monkeypatch.setenv("CAPSV_STRICT_AUDIO", "1")        # --strict_audio
     with pytest.raises(AudioError, match="8000 Hz"):
         load_random_crop(str(rate), 100, np.random.default_rng(0))
+    monkeypatch.delenv("CAPSV_STRICT_AUDIO")
     full = open(_write(tmp_path / "full.wav", ints, subtype="PCM_16"), "rb").read()
     cut = tmp_path / "cut.wav"
     cut.write_bytes(full[:44 + 1000])

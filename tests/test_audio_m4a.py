@@ -44,9 +44,10 @@ def test_m4a_random_crop_and_short_file_padding(tmp_path):
     assert not crop[:pad].any() and crop[pad:pad + n].any()
 
 
-def test_m4a_at_another_rate_is_refused_not_resampled(tmp_path):
+def test_m4a_at_another_rate_is_refused_under_strict_audio(tmp_path, monkeypatch):
     path = tmp_path / "cd.m4a"
     write_m4a(path, _tone(0.5, 44100), 44100)
+    monkeypatch.setenv("CAPSV_STRICT_AUDIO", "1")        # --strict_audio
     with pytest.raises(AudioError, match="cd.m4a: sample rate is 44100 Hz, expected 16000 Hz"):
         load_m4a(str(path))
     with pytest.raises(AudioError, match="44100 Hz"):

@@ -101,6 +101,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def strict_for_rate_kinds(request, monkeypatch):
+    """Other rates are resampled by default; --strict_audio keeps them refused (tested here)."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if str(params.get("kind", "")).startswith("rate_"):
+        monkeypatch.setenv("CAPSV_STRICT_AUDIO", "1")
+
+
 # ----------------------------------------------------------------- unusable files: 3 paths
 @pytest.mark.parametrize("kind", BAD)
 def test_bad_file_in_the_api_is_a_clear_error(corpus, kind):
@@ -154,7 +162,7 @@ def _train_cfg(root: Path, items, bad: str, save: Path, **over) -> dict:
                nSpeakers=2, batch_size=2, max_frames=20, max_epoch=1, seed=1, optimizer="adam",
                lr=0.001, nDataLoaderThread=0, device="cpu", no_progress=True,
                train_list=str(root / f"train_{bad}.txt"), train_path=str(root / "audio"),
-               save_path=str(save))
+               save_path=str(save), strict_audio=bad.startswith("rate_"))
     cfg.update(over)
     return cfg
 

@@ -46,9 +46,9 @@ def test_paper_command_shape_via_shim(reference_dir):
     assert _parse_metrics(out.stdout)[0] == 50.0
 
 
-def _run_eval(reference_dir, test_list, test_path, capsys):
+def _run_eval(reference_dir, test_list, test_path, capsys, *extra):
     rc = main(["eval", "--model", "ResNetSE34L", "--initial_model", str(reference_dir / "ResNetSE34L_TAP.model"),
-               "--test_list", str(test_list), "--test_path", str(test_path), "--no_progress"])
+               "--test_list", str(test_list), "--test_path", str(test_path), "--no_progress", *extra])
     return rc, capsys.readouterr().err
 
 
@@ -75,7 +75,7 @@ def test_corrupt_and_wrong_rate_files(reference_dir, tmp_path, capsys):
     root = _copy_wavs(reference_dir, tmp_path / "wav")
     (root / "id10001/vidA/00001.wav").write_bytes(b"garbage" * 100)
     sf.write(root / "id10001/vidA/00002.wav", np.zeros(8000, np.int16), 8000, subtype="PCM_16")
-    rc, err = _run_eval(reference_dir, reference_dir / "trials.txt", root, capsys)
+    rc, err = _run_eval(reference_dir, reference_dir / "trials.txt", root, capsys, "--strict_audio")
     assert rc == 2
     assert "00001.wav: cannot read audio" in err
     assert "00002.wav: sample rate is 8000 Hz" in err

@@ -123,3 +123,30 @@ def test_onnx_native_stft_via_dynamo(nets, tmp_path):
     manifest = export_model(nets["TAP"], str(tmp_path), "onnx", stft="native", check=True)
     assert manifest["onnx_exporter"] == "dynamo"
     assert manifest["graphs"]["embedding"]["max_abs_diff_vs_pytorch"] <= 1e-4
+
+
+@pytest.mark.parametrize("encoder", ["TAP", "CAP"])
+def test_exported_example_script_reproduces_capsv_verify(onnx_dirs, reference_dir, encoder, capsys):
+    """verify_onnx.py, copied beside the graphs, runs with numpy + onnxruntime only (capsv and
+    torch blocked) and prints capsv verify's score within 1e-4, following export.json."""
+    import subprocess
+    import sys
+    folder = onnx_dirs[encoder]
+    manifest = json.loads((folder / "export.json").read_text())
+    recipe = manifest["recipe"]
+    assert recipe["sample_rate"] == 16000 and recipe["crop_samples"] == 56240
+    assert recipe["num_crops"] == 10 and "floor((crop - n + 1) / 2)" in recipe["crops"]
+    assert ("unit length" in recipe["scoring"]) == (encoder == "TAP")
+    wav = reference_dir / "wav"
+    runner = ("import runpy, sys; sys.modules['capsv'] = None; sys.modules['torch'] = None; "
+              "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    done = subprocess.run([sys.executable, "-I", "-c", runner, str(folder / "verify_onnx.py"),
+                           str(wav / A), str(wav / B)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    onnx_score = float(done.stdout.split()[1])
+    code = cli.main(["verify", str(wav / A), str(wav / B), "--initial_model",
+                     str(reference_dir / f"ResNetSE34L_{encoder}.model"), "--model", "ResNetSE34L",
+                     "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert onnx_score == pytest.approx(float(out.split()[1]), abs=1e-4)

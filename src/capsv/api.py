@@ -12,9 +12,15 @@ Scores follow the paper's evaluation protocol (spec §5) exactly, through the sa
 TAP/SAP score the mean of the 10 x 10 crop cosine matrix, CAP scores the pair with the
 first input as support and the second as query. ``eval_frames=0`` scores whole utterances.
 
-Inputs: a path to an audio file (WAV/FLAC, 16 kHz), or a mono waveform at 16 kHz as a numpy
-array or torch tensor of shape (samples,). The network expects the **int16 scale**
-(-32768..32767), like the paper's code:
+Inputs: a path to an audio file in any common format, rate and channel count (WAV, FLAC,
+OGG/Opus, MP3, m4a/AAC; decoded, downmixed and resampled to 16 kHz mono, with one warning per
+file that is not 16 kHz), or a mono waveform as a numpy array or torch tensor of shape
+(samples,) with its rate: ``sample_rate=`` (per call, or for the verifier), or a
+``(waveform, rate)`` tuple such as ``torchaudio.load`` returns (channels first: (C, samples)
+is averaged). A waveform whose rate is not given is refused: a 44.1 kHz array scored as
+16 kHz would give a wrong score without any error. An input shorter than one crop warns, as
+``capsv eval`` does. The network expects the **int16 scale** (-32768..32767), like the
+paper's code:
 
 - integer arrays (e.g. int16 PCM) are used as they are;
 - float arrays on the int16 scale are used as they are;
@@ -32,10 +38,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .audio import INT16_SCALE, audio_info
+from .audio import INT16_SCALE, SAMPLE_RATE, audio_info, resample, reset_rate_warnings
 from .checkpoint import is_capsv, load_model
 from .errors import CapsvError
-from .evaluate import FileFeatures, extract_features, score_pairs
+from .evaluate import FileFeatures, extract_features, score_pairs, short_files_message
 from .models import SpeakerNet
 from .utils import resolve_device
 
@@ -64,12 +70,13 @@ class SpeakerVerifier:
     hold: ``SpeakerVerifier(net, threshold=0.9)``.
 
     Attributes: ``net`` (eval mode), ``pairwise`` (True for CAP), ``threshold`` (float or
-    None), ``eval_frames``, ``num_eval``, ``device``.
+    None), ``eval_frames``, ``num_eval``, ``device``, ``sample_rate`` (the rate of waveform
+    inputs given without one; None: each call must say).
     """
 
     def __init__(self, net: SpeakerNet, *, eval_frames: int = 350, num_eval: int = 10,
-                 threshold: float | None = None, device: str | torch.device = "cpu",
-                 input_scale: str = "auto"):
+                 threshold: float | None = None, device: str | torch.device = "auto",
+                 input_scale: str = "auto", sample_rate: int | None = None):
         if input_scale not in INPUT_SCALES:
             raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
         if eval_frames > 0 and num_eval < 1:
@@ -79,18 +86,21 @@ class SpeakerVerifier:
         self.eval_frames, self.num_eval = int(eval_frames), int(num_eval)
         self.threshold = None if threshold is None else float(threshold)
         self.input_scale = input_scale
+        self.sample_rate = None if sample_rate is None else _checked_rate(sample_rate)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu", model: str | None = None,
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", model: str | None = None,
                         encoder_type: str | None = None, nOut: int | None = None,
                         eval_frames: int = 350, num_eval: int = 10,
-                        input_scale: str = "auto") -> "SpeakerVerifier":
+                        input_scale: str = "auto",
+                        sample_rate: int | None = None) -> "SpeakerVerifier":
         """Load a capsv checkpoint (config and threshold inside) or a reference state_dict.
 
         A reference state_dict does not record its backbone: pass ``model="ResNetSE34L"``
         (or ``"ResNetSE34"``); ``encoder_type`` and ``nOut`` are read from its tensors.
         The threshold is ``meta["eer_threshold"]`` of a capsv checkpoint (the EER point of the
-        trainer's last evaluation), else None.
+        trainer's last evaluation), else None. ``device="auto"``: CUDA when available, as
+        ``capsv eval`` and ``capsv verify``.
 
         >>> sv = SpeakerVerifier.from_checkpoint("ResNetSE34L_CAP.model", model="ResNetSE34L")
         """
@@ -99,7 +109,7 @@ class SpeakerVerifier:
         meta = (ckpt.get("meta") or {}) if is_capsv(ckpt) else {}
         threshold = meta.get("eer_threshold")
         return cls(net, eval_frames=eval_frames, num_eval=num_eval, threshold=threshold,
-                   device=device, input_scale=input_scale)
+                   device=device, input_scale=input_scale, sample_rate=sample_rate)
 
     @property
     def pairwise(self) -> bool:
@@ -111,15 +121,16 @@ class SpeakerVerifier:
 
     # -- scoring -------------------------------------------------------------------------
 
-    def score(self, a, b) -> float:
+    def score(self, a, b, sample_rate: int | None = None) -> float:
         """Score of one pair (higher = more likely the same speaker).
 
         >>> sv.score("a.wav", "b.wav")
-        >>> sv.score(wave_a, wave_b)      # 1-D numpy arrays / tensors at 16 kHz
+        >>> sv.score(wave_a, wave_b, sample_rate=44100)   # 1-D numpy arrays / tensors
         """
-        return float(self.score_pairs([(a, b)])[0])
+        return float(self.score_pairs([(a, b)], sample_rate=sample_rate)[0])
 
-    def score_pairs(self, pairs: Iterable[tuple], progress: bool = False) -> np.ndarray:
+    def score_pairs(self, pairs: Iterable[tuple], progress: bool = False,
+                    sample_rate: int | None = None) -> np.ndarray:
         """Scores of many (a, b) pairs, float64 (N,). Each distinct input is processed once.
 
         >>> sv.score_pairs([("a.wav", "b.wav"), ("a.wav", "c.wav")])
@@ -129,13 +140,14 @@ class SpeakerVerifier:
         for number, pair in enumerate(pairs):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
                 raise InputError(f"pair {number}: expected (a, b), got {type(pair).__name__}")
-        sources, index = self._collect([x for pair in pairs for x in pair])
+        sources, index = self._collect([x for pair in pairs for x in pair], sample_rate)
         feats = self._features(sources, progress)
         rows = np.array([(index[2 * k], index[2 * k + 1]) for k in range(len(pairs))],
                         dtype=np.int64).reshape(-1, 2)
         return score_pairs(self.net, feats, rows, progress=progress)
 
-    def verify(self, a, b, threshold: float | None = None) -> Verification:
+    def verify(self, a, b, threshold: float | None = None,
+               sample_rate: int | None = None) -> Verification:
         """Score a pair and decide: same speaker when ``score >= threshold``.
 
         ``threshold`` defaults to the one stored in the checkpoint. It only makes sense for
@@ -148,34 +160,44 @@ class SpeakerVerifier:
         if threshold is None:
             raise CapsvError("no decision threshold: the checkpoint stores none (meta "
                              "'eer_threshold'); pass one (threshold=..., or --threshold)")
-        value = self.score(a, b)
+        value = self.score(a, b, sample_rate=sample_rate)
         return Verification(value, threshold, bool(value >= threshold))
 
     # -- embeddings ----------------------------------------------------------------------
 
-    def embed(self, x, crops: bool = False) -> np.ndarray:
+    def embed(self, x, crops: bool = False, sample_rate: int | None = None,
+              normalize: bool = True) -> np.ndarray:
         """TAP/SAP: the input's embedding; CAP: its frame features.
 
-        - TAP/SAP, default: the mean of the crops' unit-length embeddings, float32 (E,). Its
-          dot product with another input's (not the cosine) is exactly :meth:`score`.
-          ``crops=True`` gives the unit-length crop embeddings (num_eval, E).
+        - TAP/SAP, default: the mean of the crops' unit-length embeddings, scaled to unit
+          length, float32 (E,): the cosine of two embeddings is their dot product, as in
+          WeSpeaker, SpeechBrain or NeMo. :meth:`score` is the mean of the crops' cosines
+          (the paper's protocol), which is the dot product of the *unscaled* means:
+          ``normalize=False`` returns those. ``crops=True`` gives the unit-length crop
+          embeddings (num_eval, E).
         - CAP has no single-input embedding: its pooling depends on the other side of the
           pair. Returns the backbone's frame features (num_eval, D, T), float32, which the
           CAP head pairs up (``self.net.pooling(support, query)``; :mod:`capsv.export`
           deploys the same split as two graphs).
         """
-        return self.embed_many([x], crops=crops)[0]
+        return self.embed_many([x], crops=crops, sample_rate=sample_rate, normalize=normalize)[0]
 
-    def embed_many(self, xs: Sequence, crops: bool = False, progress: bool = False) -> list[np.ndarray]:
+    def embed_many(self, xs: Sequence, crops: bool = False, progress: bool = False,
+                   sample_rate: int | None = None, normalize: bool = True) -> list[np.ndarray]:
         """:meth:`embed` for a list of inputs, batched."""
-        sources, index = self._collect(list(xs))
+        sources, index = self._collect(list(xs), sample_rate)
         feats = self._features(sources, progress, keep_crops=crops)
-        return [self._embedding_of(feats, i, crops) for i in index]
+        return [self._embedding_of(feats, i, crops, normalize) for i in index]
 
-    def _embedding_of(self, feats: FileFeatures, i: int, crops: bool) -> np.ndarray:
+    def _embedding_of(self, feats: FileFeatures, i: int, crops: bool,
+                      normalize: bool = True) -> np.ndarray:
         if self.pairwise:
             return feats.frames[i].float().cpu().numpy()
-        emb = feats.emb[i] if crops else feats.mean_embedding(i)
+        if crops:
+            return feats.emb[i].float().cpu().numpy()
+        emb = feats.mean_embedding(i)
+        if normalize:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
         return emb.float().cpu().numpy()
 
     # -- inputs --------------------------------------------------------------------------
@@ -185,24 +207,62 @@ class SpeakerVerifier:
                                 device=self.device, workers=0, progress=progress,
                                 keep_crops=keep_crops)
 
-    def _collect(self, inputs: list) -> tuple[list, list[int]]:
-        """Distinct sources (paths, or int16-scale float32 waveforms) and each input's index."""
-        sources, seen, index = [], {}, []
+    def _collect(self, inputs: list, sample_rate: int | None = None) -> tuple[list, list[int]]:
+        """Distinct sources (paths, or 16 kHz int16-scale float32 waveforms) and each input's
+        index; warns when inputs are shorter than one crop (as ``capsv eval``)."""
+        default_rate = self.sample_rate if sample_rate is None else _checked_rate(sample_rate)
+        reset_rate_warnings()             # each call says once per file what it resampled
+        sources, seen, index, lengths = [], {}, [], {}
         for number, item in enumerate(inputs):
             key = os.path.normpath(os.fspath(item)) if _is_path(item) else ("array", id(item))
             if key not in seen:
                 if _is_path(item):
-                    audio_info(key)   # missing, unreadable, empty or wrong-rate files fail here
+                    # missing, unreadable or empty files fail here; other rates warn here
+                    lengths[key] = audio_info(key).frames_16k
                     sources.append(key)
                 else:
-                    sources.append(to_int16_scale(item, self.input_scale, f"input {number}"))
+                    wave = _waveform_at_16k(item, default_rate, self.input_scale, f"input {number}")
+                    lengths[key] = len(wave)
+                    sources.append(wave)
                 seen[key] = len(sources) - 1
             index.append(seen[key])
+        message = short_files_message(lengths, self.eval_frames, "inputs")
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=4)
         return sources, index
 
 
 def _is_path(item) -> bool:
     return isinstance(item, (str, os.PathLike))
+
+
+def _checked_rate(rate) -> int:
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise InputError(f"sample_rate must be a positive integer (Hz), got {rate!r}")
+    return int(rate)
+
+
+def _waveform_at_16k(item, default_rate: int | None, input_scale: str, name: str) -> np.ndarray:
+    """A waveform input -> mono float32 at 16 kHz on the int16 scale.
+
+    ``item`` is an array/tensor (its rate is ``default_rate``) or a ``(waveform, rate)``
+    tuple; (channels, samples) waveforms of such a tuple are averaged, as torchaudio gives them.
+    """
+    if isinstance(item, tuple) and len(item) == 2 and not isinstance(item[1], (np.ndarray, torch.Tensor)):
+        wave, rate = item
+        rate = _checked_rate(rate)
+        if isinstance(wave, torch.Tensor):
+            wave = wave.detach().cpu().numpy()
+        if isinstance(wave, np.ndarray) and wave.ndim == 2 and wave.shape[0] <= 8 < wave.shape[1]:
+            wave = wave.astype(np.float32).mean(axis=0)       # torchaudio: (channels, samples)
+    else:
+        wave, rate = item, default_rate
+    samples = to_int16_scale(wave, input_scale, name)
+    if rate is None:
+        raise InputError(f"{name}: a waveform without its sample rate; pass sample_rate=16000 "
+                         "(or the rate it has: it is resampled to 16 kHz), or a (waveform, "
+                         "rate) tuple")
+    return resample(samples, rate) if rate != SAMPLE_RATE else samples
 
 
 def to_int16_scale(x, input_scale: str = "auto", name: str = "input") -> np.ndarray:
@@ -235,6 +295,6 @@ def to_int16_scale(x, input_scale: str = "auto", name: str = "input") -> np.ndar
     if input_scale == "auto" and 0 < np.abs(wave).max() <= 1.0:
         warnings.warn(f"{name}: float samples within [-1, 1]; multiplied by 32768 because the "
                       "model expects the int16 scale (pass input_scale='unit' or 'int16' to "
-                      "say which you give)", stacklevel=4)
+                      "say which you give)", stacklevel=5)
         return wave * np.float32(INT16_SCALE)
     return wave

@@ -7,6 +7,13 @@ Crop rules (spec §5): a crop of ``F`` frames is ``F*160 + 240`` samples; a file
 no longer than that is zero-padded by ``floor((crop - n + 1) / 2)`` on *both*
 sides; evaluation takes ``num_eval`` crops whose starts are
 ``linspace(0, padded - crop, num_eval)`` truncated to integers.
+
+Any sample rate, channel count and common format is accepted: audio is decoded (soundfile for
+WAV/FLAC/OGG, PyAV for m4a/AAC, MP3, Opus and the like), downmixed to mono and resampled to
+16 kHz by :func:`resample` (libswresample through PyAV), the one resampler of the package.
+``audio_info`` warns once per file that is not 16 kHz; ``--strict_audio``
+(:func:`set_strict_rate`) refuses such files instead. 16 kHz WAV/FLAC never meet the
+resampler.
 """
 from __future__ import annotations
 
@@ -61,27 +68,132 @@ class AudioInfo:
     samplerate: int
     channels: int
 
+    @property
+    def frames_16k(self) -> int:
+        """The length in samples once resampled to 16 kHz (what the crop rules see)."""
+        return int(round(self.frames * SAMPLE_RATE / self.samplerate))
 
-def audio_info(path: str, expected_rate: int | None = SAMPLE_RATE) -> AudioInfo:
-    """Read only the header; raise :class:`AudioError` for missing, corrupt or wrong-rate files.
 
-    For AAC (``.m4a``) files the sample count comes from the container's duration and may
-    differ from the decoded length by a frame of priming samples.
+def audio_info(path: str, expected_rate: int | None = None, warn: bool = True) -> AudioInfo:
+    """Read only the header; raise :class:`AudioError` for missing or corrupt files.
+
+    ``expected_rate``: refuse files of another rate; None (default) accepts any rate, unless
+    ``--strict_audio`` is on, and warns once per file that will be resampled. For files
+    decoded by PyAV (m4a, MP3, Opus ...) the sample count comes from the container's duration
+    and may differ from the decoded length by a frame of priming samples. ``warn=False``:
+    no resampling warning (a check before the step that warns).
     """
+    info = _read_info(path, expected_rate)
+    if warn and info.samplerate != SAMPLE_RATE:
+        note_resampled(path, info.samplerate)
+    return info
+
+
+def _read_info(path: str, expected_rate: int | None) -> AudioInfo:
+    """:func:`audio_info` without the warning."""
     _require_regular(path)
     if not os.path.isfile(path):
         raise AudioError(f"{path}: file not found")
     if is_compressed(path):
-        return _m4a_info(path, expected_rate)
+        info = _m4a_info(path, expected_rate)
+    else:
+        try:
+            header = sf.info(path)
+        except Exception as exc:  # soundfile raises several types for bad headers
+            raise AudioError(f"{path}: cannot read audio ({exc}); is it a valid audio file?") from exc
+        _check_rate(path, header.samplerate, expected_rate)
+        if header.frames <= 0:
+            raise AudioError(f"{path}: the file holds no audio samples")
+        check_wav_complete(path)
+        info = AudioInfo(path, int(header.frames), int(header.samplerate), int(header.channels))
+    return info
+
+
+# ------------------------------------------------------------------------ other sample rates
+STRICT_RATE_ENV = "CAPSV_STRICT_AUDIO"
+_MAX_RATE_WARNINGS = 20          # per command or API call; then one summary line
+_RATE_WARNED: set[str] = set()
+
+
+class ResampledAudioWarning(UserWarning):
+    """Audio at another rate than 16 kHz, resampled on reading (once per file)."""
+
+
+def set_strict_rate(strict: bool) -> None:
+    """``--strict_audio``: refuse audio that is not 16 kHz instead of resampling it.
+
+    Kept in the environment so that DataLoader workers inherit it whatever their start method."""
+    if strict:
+        os.environ[STRICT_RATE_ENV] = "1"
+    else:
+        os.environ.pop(STRICT_RATE_ENV, None)
+
+
+@contextmanager
+def strict_audio(strict: bool):
+    """:func:`set_strict_rate` for the duration of a ``with`` block (a command, a training
+    run), then the previous setting again."""
+    before = os.environ.get(STRICT_RATE_ENV)
+    set_strict_rate(strict)
     try:
-        info = sf.info(path)
-    except Exception as exc:  # soundfile raises several types for bad headers
-        raise AudioError(f"{path}: cannot read audio ({exc}); is it a valid WAV/FLAC file?") from exc
-    _check_rate(path, info.samplerate, expected_rate)
-    if info.frames <= 0:
-        raise AudioError(f"{path}: the file holds no audio samples")
-    check_wav_complete(path)
-    return AudioInfo(path, int(info.frames), int(info.samplerate), int(info.channels))
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(STRICT_RATE_ENV, None)
+        else:
+            os.environ[STRICT_RATE_ENV] = before
+
+
+def strict_rate() -> bool:
+    return os.environ.get(STRICT_RATE_ENV, "") not in ("", "0")
+
+
+def reset_rate_warnings() -> None:
+    """Start a new command or API call: each file is warned about once per command."""
+    _RATE_WARNED.clear()
+
+
+def note_resampled(path: str, rate: int) -> None:
+    """Warn, once per file (until :func:`reset_rate_warnings`), that ``path`` is resampled
+    from ``rate`` to 16 kHz; after 20 files, one line says that more follow."""
+    if path in _RATE_WARNED or len(_RATE_WARNED) > _MAX_RATE_WARNINGS:
+        return
+    _RATE_WARNED.add(path)
+    if len(_RATE_WARNED) > _MAX_RATE_WARNINGS:
+        message = (f"more files are not 16 kHz (first: {path}, {rate} Hz); they are resampled "
+                   "too, without further warnings")
+    else:
+        message = (f"{path}: sample rate {rate} Hz, resampled to {SAMPLE_RATE} Hz on reading "
+                   "(converting the files once is faster; --strict_audio refuses them instead)")
+    warnings.warn(message, ResampledAudioWarning, stacklevel=3)
+
+
+def _required_rate(expected_rate: int | None) -> int | None:
+    """The one rate a reader accepts: ``expected_rate``, else 16 kHz under --strict_audio,
+    else None (any rate, resampled)."""
+    if expected_rate is not None:
+        return expected_rate
+    return SAMPLE_RATE if strict_rate() else None
+
+
+def resample(audio: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    """Mono float32 samples (n,) at ``rate`` -> float32 (about n * target / rate,) at ``target``.
+
+    libswresample (through PyAV, the package's decoder) with its default windowed-sinc
+    filter; the scale is kept (no clipping, so int16-scale floats pass through unchanged in
+    level). The identity when the rates are equal.
+    """
+    if rate == target:
+        return audio
+    import av  # imported lazily: only audio at another rate needs it
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=target)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio, np.float32)[None, :],
+                                       format="flt", layout="mono")
+    frame.sample_rate = int(rate)
+    chunks = [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+    chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
 def _require_regular(path: str) -> None:
@@ -92,10 +204,12 @@ def _require_regular(path: str) -> None:
 
 
 def _check_rate(path: str, rate: int, expected_rate: int | None) -> None:
-    if expected_rate is not None and rate != expected_rate:
+    required = _required_rate(expected_rate)
+    if required is not None and rate != required:
+        why = " (--strict_audio)" if expected_rate is None else ""
         raise AudioError(
-            f"{path}: sample rate is {rate} Hz, expected {expected_rate} Hz; "
-            f"resample it first (e.g. `sox in.wav -r {expected_rate} out.wav`)")
+            f"{path}: sample rate is {rate} Hz, expected {required} Hz{why}; "
+            f"resample it first (e.g. `sox in.wav -r {required} out.wav`)")
 
 
 def _to_mono(data: np.ndarray, path: str) -> np.ndarray:
@@ -177,20 +291,26 @@ def _read_int16_scale(f: sf.SoundFile, path: str, frames: int) -> np.ndarray:
 
 
 def load_audio(path: str, start: int = 0, frames: int = -1,
-               expected_rate: int | None = SAMPLE_RATE) -> np.ndarray:
+               expected_rate: int | None = None) -> np.ndarray:
     """Read ``frames`` samples from ``start`` (seeking, not reading the whole file).
 
-    Returns a mono float32 array on the int16 scale. Multi-channel audio is averaged
-    (with a warning); files of another rate raise :class:`AudioError`. AAC (``.m4a``)
-    files are decoded whole with PyAV and then sliced.
+    Returns a mono float32 array at 16 kHz on the int16 scale. Multi-channel audio is
+    averaged (with a warning); audio at another rate is decoded whole and resampled (then
+    ``start`` and ``frames`` count 16 kHz samples), or refused when ``expected_rate`` is given
+    or --strict_audio is on. Files decoded by PyAV (m4a, MP3, Opus ...) are decoded whole
+    and then sliced.
     """
     if is_compressed(path):
         audio = load_m4a(path, expected_rate)
         return audio[start:] if frames < 0 else audio[start:start + frames]
     with _open_soundfile(path, expected_rate) as f:
-        if start:
-            f.seek(start)
-        audio = _read_int16_scale(f, path, frames)
+        if f.samplerate != SAMPLE_RATE:
+            audio = resample(_read_int16_scale(f, path, -1), f.samplerate)
+            audio = audio[start:] if frames < 0 else audio[start:start + frames]
+        else:
+            if start:
+                f.seek(start)
+            audio = _read_int16_scale(f, path, frames)
     if len(audio) == 0 and frames != 0:
         raise AudioError(f"{path}: the file holds no audio samples"
                          + (f" from sample {start}" if start else ""))
@@ -219,8 +339,9 @@ def eval_crops(audio: np.ndarray, eval_frames: int, num_eval: int) -> np.ndarray
 
 
 def load_eval_crops(path: str, eval_frames: int, num_eval: int) -> np.ndarray:
-    """``eval_crops(load_audio(path), ...)``, but a WAV/FLAC longer than one crop is read
-    crop by crop (seek + read), so a 10-minute file costs ``num_eval`` crops of memory."""
+    """``eval_crops(load_audio(path), ...)``, but a 16 kHz WAV/FLAC longer than one crop is
+    read crop by crop (seek + read), so a 10-minute file costs ``num_eval`` crops of memory.
+    Audio at another rate is decoded whole and resampled first."""
     if eval_frames <= 0 or is_compressed(path):
         return eval_crops(load_audio(path), eval_frames, num_eval)
     crop_len = crop_samples(eval_frames)
@@ -235,7 +356,10 @@ def load_eval_crops(path: str, eval_frames: int, num_eval: int) -> np.ndarray:
                     raise _truncated(path, wav.frames)
                 crops[i] = crop
             return crops
-    with _open_soundfile(path, SAMPLE_RATE) as f:
+    with _open_soundfile(path, None) as f:
+        if f.samplerate != SAMPLE_RATE:
+            return eval_crops(resample(_read_int16_scale(f, path, -1), f.samplerate),
+                              eval_frames, num_eval)
         total = f.frames
         if total <= crop_len:                  # short: padded, as eval_crops does
             audio = _read_int16_scale(f, path, -1)
@@ -365,9 +489,10 @@ def load_random_crop(path: str, max_frames: int, rng: np.random.Generator,
                      n_samples: int | None = None) -> np.ndarray:
     """One training crop with a random start, reading only the samples it needs.
 
-    WAV/FLAC: one open, the header gives the length, then seek + read of ``crop_len``
-    samples. AAC (``.m4a``) cannot be cut without decoding, so it is decoded whole.
-    ``n_samples`` overrides the header's length (rarely useful).
+    16 kHz WAV/FLAC: one open, the header gives the length, then seek + read of ``crop_len``
+    samples. Another rate: the crop's span at the source rate (plus a filter margin) is read
+    and resampled. m4a, MP3, Opus ... cannot be cut without decoding, so they are decoded
+    whole. ``n_samples`` overrides the header's length (rarely useful).
     """
     if is_compressed(path):
         return random_crop(load_m4a(path), max_frames, rng)
@@ -382,7 +507,9 @@ def load_random_crop(path: str, max_frames: int, rng: np.random.Generator,
             if len(crop) < crop_len:
                 raise _truncated(path, total)
             return crop
-    with _open_soundfile(path, SAMPLE_RATE) as f:
+    with _open_soundfile(path, None) as f:
+        if f.samplerate != SAMPLE_RATE:
+            return _random_crop_resampled(f, path, crop_len, start_fraction)
         total = f.frames if n_samples is None else n_samples
         if total <= 0:
             raise AudioError(f"{path}: the file holds no audio samples")
@@ -395,12 +522,98 @@ def load_random_crop(path: str, max_frames: int, rng: np.random.Generator,
     return crop
 
 
-# ---------------------------------------------------------------------------- AAC / m4a
-COMPRESSED_EXTENSIONS = (".m4a", ".aac", ".mp4")
+# Audio read beyond each end of a training crop at another rate, so the resampler's
+# filter (32 taps at the lower rate) has real signal at the crop's edges.
+_RESAMPLE_MARGIN_S = 0.004
+
+
+def _random_crop_resampled(f: sf.SoundFile, path: str, crop_len: int,
+                           start_fraction: float) -> np.ndarray:
+    """A training crop of a file at another rate: the crop's span at the source rate, with a
+    small margin each side, read and resampled; the same start rule as 16 kHz files."""
+    rate = f.samplerate
+    total = int(round(f.frames * SAMPLE_RATE / rate))            # length at 16 kHz
+    if f.frames <= 0:
+        raise AudioError(f"{path}: the file holds no audio samples")
+    if total <= crop_len:
+        audio = resample(_read_int16_scale(f, path, -1), rate)
+        return pad_for_crop(audio, crop_len)[:crop_len]
+    start = int(start_fraction * (total - crop_len))
+    # Start the span on a sample where both sampling grids meet (every rate/gcd source
+    # samples), so the crop equals the same crop of the whole file resampled.
+    grid = math.gcd(rate, SAMPLE_RATE)
+    step_src, step_16k = rate // grid, SAMPLE_RATE // grid
+    margin = int(math.ceil(_RESAMPLE_MARGIN_S * SAMPLE_RATE))
+    block = max(start - margin, 0) // step_16k
+    f.seek(block * step_src)
+    skip = start - block * step_16k
+    span = _read_int16_scale(f, path, int(math.ceil((skip + crop_len + margin) * rate / SAMPLE_RATE)))
+    crop = resample(span, rate)[skip:skip + crop_len]
+    if len(crop) < crop_len:                    # the file's last samples: pad the few missing
+        crop = np.pad(crop, (0, crop_len - len(crop)))
+    return crop
+
+
+def training_decode_note(paths: list[str], max_frames: int, sample: int = 64) -> str | None:
+    """A note for the training log when training files need decoding or resampling on the
+    fly (another rate than 16 kHz, or m4a/MP3/Opus ...), with the measured cost per crop.
+
+    Looks at the headers of up to ``sample`` files spread over the list (not all: a
+    million headers take minutes); None when all of them are 16 kHz WAV/FLAC, or under
+    --strict_audio (where such files are refused on reading)."""
+    if strict_rate() or not paths:
+        return None
+    chosen = paths[::max(1, len(paths) // sample)][:sample]
+    slow, plain, rates = [], [], set()
+    for path in chosen:
+        try:
+            rate = _read_info(path, None).samplerate
+        except AudioError:
+            continue                   # a bad file is reported when it is read
+        if rate != SAMPLE_RATE or is_compressed(path):
+            slow.append(path)
+            rates.add(rate)
+        else:
+            plain.append(path)
+    if not slow:
+        return None
+    cost = _crop_read_ms(slow[0], max_frames)
+    versus = f", against {_crop_read_ms(plain[0], max_frames):.2f} ms for a 16 kHz WAV" if plain else ""
+    kinds = ", ".join(f"{r} Hz" for r in sorted(rates))
+    return (f"{len(slow)} of {len(chosen)} sampled training files are not 16 kHz WAV/FLAC "
+            f"({kinds}; e.g. {slow[0]}): each crop is decoded and resampled to 16 kHz on the "
+            f"fly, {cost:.1f} ms per crop measured here{versus}. Converting them once to 16 kHz "
+            "WAV is faster (m4a: capsv prepare --convert; others: e.g. "
+            "`sox in.flac -r 16000 out.wav`).")
+
+
+def _crop_read_ms(path: str, max_frames: int, repeats: int = 3) -> float:
+    """Median wall time of reading one random training crop of ``path``, in ms."""
+    import time
+
+    times = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for seed in range(repeats):
+            began = time.perf_counter()
+            try:
+                load_random_crop(path, max_frames, np.random.default_rng(seed))
+            except AudioError:
+                return float("nan")
+            times.append(time.perf_counter() - began)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+# ----------------------------------------------------------- m4a/AAC, MP3, Opus ... (PyAV)
+# Formats decoded with PyAV (libavcodec) rather than soundfile. MP3 goes here although
+# libsndfile reads it, because its libmpg123 prints 'error:' lines for ordinary files.
+COMPRESSED_EXTENSIONS = (".m4a", ".aac", ".mp4", ".mp3", ".opus", ".webm", ".mka", ".wma")
+SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".caf", ".w64")
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + COMPRESSED_EXTENSIONS
 
 
 def is_compressed(path: str) -> bool:
-    """True for the AAC containers that VoxCeleb2 ships (decoded with PyAV, not soundfile)."""
+    """True for the formats decoded with PyAV (m4a/AAC, MP3, Opus ...), not soundfile."""
     return path.lower().endswith(COMPRESSED_EXTENSIONS)
 
 
@@ -413,11 +626,15 @@ def _open_av(path: str):
     try:
         container = av.open(path)
     except Exception as exc:
-        raise AudioError(f"{path}: cannot open as AAC/m4a ({exc})") from exc
+        raise AudioError(f"{path}: cannot open as {_format_name(path)} ({exc})") from exc
     if not container.streams.audio:
         container.close()
         raise AudioError(f"{path}: the container holds no audio stream")
     return container
+
+
+def _format_name(path: str) -> str:
+    return os.path.splitext(path)[1].lstrip(".").upper() or "audio"
 
 
 def _m4a_info(path: str, expected_rate: int | None) -> AudioInfo:
@@ -452,23 +669,26 @@ def _frame_to_mono(frame, path: str) -> np.ndarray:
     return data.astype(np.float32).mean(axis=0) * np.float32(scale)
 
 
-def load_m4a(path: str, expected_rate: int | None = SAMPLE_RATE) -> np.ndarray:
-    """Decode a whole AAC (``.m4a``) file with PyAV -> mono float32 on the int16 scale.
+def load_m4a(path: str, expected_rate: int | None = None) -> np.ndarray:
+    """Decode a whole file with PyAV (m4a/AAC, MP3, Opus ...) -> mono float32 at 16 kHz on
+    the int16 scale.
 
-    No resampling: VoxCeleb2 is 16 kHz, and a file at another rate raises :class:`AudioError`
-    instead of being silently changed. Priming samples are handled as ffmpeg does (the
-    container's edit list).
+    Channels are averaged, then audio at another rate is resampled by :func:`resample`
+    (refused when ``expected_rate`` is given or --strict_audio is on). VoxCeleb2's 16 kHz
+    AAC is never resampled. Priming samples are handled as ffmpeg does (the container's
+    edit list).
     """
     with _open_av(path) as container:
         stream = container.streams.audio[0]
-        _check_rate(path, int(stream.codec_context.sample_rate), expected_rate)
+        rate = int(stream.codec_context.sample_rate)
+        _check_rate(path, rate, expected_rate)
         try:
             chunks = [_frame_to_mono(frame, path) for frame in container.decode(stream)]
         except AudioError:
             raise
         except Exception as exc:
-            raise AudioError(f"{path}: AAC decoding failed ({exc}); the file is damaged, "
-                             "download or extract it again") from exc
+            raise AudioError(f"{path}: {_format_name(path)} decoding failed ({exc}); the file "
+                             "is damaged, download or extract it again") from exc
         if stream.codec_context.channels > 1:
             warnings.warn(f"{path}: {stream.codec_context.channels} channels, downmixed to "
                           "mono by averaging", stacklevel=2)
@@ -477,7 +697,7 @@ def load_m4a(path: str, expected_rate: int | None = SAMPLE_RATE) -> np.ndarray:
     audio = np.concatenate(chunks)
     if not np.isfinite(audio).all():
         raise AudioError(f"{path}: the file decodes to NaN or infinite samples; it is damaged")
-    return audio
+    return resample(audio, rate)
 
 
 def write_m4a(path: str, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:

@@ -5,6 +5,8 @@ import argparse
 import importlib
 import signal
 import sys
+import warnings
+from contextlib import contextmanager
 
 from . import __version__
 from .config import apply_config
@@ -54,7 +56,10 @@ def run_command(name: str, argv: list[str], prog: str | None = None) -> int:
     try:
         args = apply_config(args, parser, module.add_arguments, argv)
         check_flag_ranges(args)
-        return int(module.run(args) or 0)
+        from .audio import reset_rate_warnings, strict_audio
+        reset_rate_warnings()
+        with _plain_warnings(parser.prog), strict_audio(bool(getattr(args, "strict_audio", False))):
+            return int(module.run(args) or 0)
     except CapsvError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -87,6 +92,18 @@ def check_flag_ranges(args: argparse.Namespace) -> None:
         value = getattr(args, dest, None)
         if isinstance(value, int) and value < smallest:
             raise CapsvError(f"--{dest} must be {smallest} or more ({meaning}), got {value}")
+
+
+@contextmanager
+def _plain_warnings(prog: str):
+    """Python warnings (resampled or downmixed audio, short inputs) as 'capsv verify:
+    warning: ...' lines on stderr, without the source line of the code that warned."""
+    before = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"{prog}: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = before
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,21 +72,33 @@ def warn_if_crops_are_mostly_padding(lengths: dict[str, int], eval_frames: int, 
     log of the padding's near-zero energy then dominates the instance normalisation, and a
     trained model's EER on such crops can fall to chance (measured: 48.6 % with 3.5 s crops
     of 1.5-2.5 s files against 31.9 % with 1.5 s crops, same model and trials)."""
-    if not lengths:
+    message = short_files_message(lengths, eval_frames, f"files in {list_name}", share)
+    if message is None:
         return False
+    print(f"warning: {message}", flush=True)
+    return True
+
+
+def short_files_message(lengths: dict, eval_frames: int, what: str,
+                        share: float = 0.1) -> str | None:
+    """The short-files warning (see :func:`warn_if_crops_are_mostly_padding`) for ``lengths``
+    (name -> samples at 16 kHz), or None when fewer than ``share`` of them are short.
+    ``what`` names them: "files in trials.txt", "inputs". capsv verify, embed and the Python
+    API give the same warning."""
+    if not lengths or eval_frames <= 0:
+        return None
     crop = crop_samples(eval_frames)
     short = [n for n in lengths.values() if n < crop]
     if len(short) < share * len(lengths):
-        return False
+        return None
     # The longest crop that fits at least 90 % of the files whole.
     tenth = int(np.percentile(np.array(list(lengths.values())), 10, method="lower"))
     suggestion = max(frames_that_fit(tenth), 1)
-    print(f"warning: {len(short)} of {len(lengths)} files in {list_name} are shorter than one "
-          f"--eval_frames {eval_frames} crop ({crop / SAMPLE_RATE:.2f} s; the shortest is "
-          f"{min(short) / SAMPLE_RATE:.2f} s). They are zero-padded, as the paper's code does, "
-          f"which can ruin their embeddings; --eval_frames {suggestion} fits 90 % of them whole.",
-          flush=True)
-    return True
+    return (f"{len(short)} of {len(lengths)} {what} are shorter than one "
+            f"--eval_frames {eval_frames} crop ({crop / SAMPLE_RATE:.2f} s; the shortest is "
+            f"{min(short) / SAMPLE_RATE:.2f} s). They are zero-padded, as the paper's code does, "
+            f"which can ruin their embeddings; --eval_frames 0 scores whole utterances, and "
+            f"--eval_frames {suggestion} fits 90 % of them whole.")
 
 
 def validate_files(files: list[str], test_path: str, list_name: str,
@@ -104,7 +116,7 @@ def validate_files(files: list[str], test_path: str, list_name: str,
         try:
             info = audio_info(os.path.join(test_path, rel))
             if lengths is not None:
-                lengths[rel] = info.frames
+                lengths[rel] = info.frames_16k
         except AudioError as exc:
             problems[rel] = str(exc)
     if problems and on_bad_audio == "skip":

@@ -4,8 +4,9 @@ What is exported (every waveform input is float32 at 16 kHz **on the int16 scale
 (batch, samples), any batch size and length):
 
 - TAP/SAP: ``embedding``: waveform -> embedding (batch, E), one per input waveform
-  (not normalised). The evaluation protocol's score of two files is the dot product of the
-  means of their crops' unit-length embeddings.
+  (not normalised: the pooling layer's output, as the network computes it). The evaluation
+  protocol's score of two files is the dot product of the means of their crops' unit-length
+  embeddings.
 - CAP: two graphs, because CAP pools each pair jointly:
   ``frames``: waveform -> frame features (batch, D, T);
   ``cap_head``: (support (Ns, D, Ts), query (Nq, D, Tq)) -> e_s, e_q (Nq, Ns, E) and
@@ -17,14 +18,17 @@ windowed DFT basis, which every ONNX runtime supports (TensorRT and older opsets
 STFT operator) and which matches ``torch.stft`` to float rounding; ``stft="native"`` keeps
 ``torch.stft`` (ONNX ``STFT``, opset 17+). TorchScript always keeps ``torch.stft``.
 
-``export_model`` writes the graph files and ``export.json`` (inputs, outputs, scale,
-protocol, threshold, and the measured difference from PyTorch when a check ran).
+``export_model`` writes the graph files, ``export.json`` (inputs, outputs, the whole
+recipe from audio to score under "recipe", threshold, and the measured difference from
+PyTorch when a check ran) and, for ONNX, ``verify_onnx.py``: a numpy + onnxruntime script
+that follows the recipe and reproduces ``capsv verify`` (:mod:`capsv.onnx_verify`).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -33,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import __version__
+from .audio import SAMPLE_RATE, crop_samples
 from .errors import CapsvError
 from .features import LogMelFrontEnd
 from .models import SpeakerNet
@@ -162,7 +167,7 @@ def export_onnx(module: nn.Module, example: tuple, spec: dict, path: str,
         import onnx  # noqa: F401  (both exporters need it)
     except ImportError:
         raise ExportError("ONNX export needs the optional package onnx "
-                          "(pip install 'capsv[export]')") from None
+                          "(from the capsv checkout: pip install -e '.[export]')") from None
     inputs, outputs = list(spec["inputs"]), list(spec["outputs"])
     with warnings.catch_warnings(), torch.no_grad(), atomic_path(path) as tmp:
         warnings.simplefilter("ignore")
@@ -197,7 +202,7 @@ def run_onnx(path: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ExportError("running ONNX graphs needs onnxruntime (pip install 'capsv[export]')") from None
+        raise ExportError("running ONNX graphs needs onnxruntime (from the capsv checkout: pip install -e '.[export]')") from None
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     return session.run(None, inputs)
 
@@ -231,10 +236,48 @@ def check_export(name: str, path: str, fmt: str, net: SpeakerNet) -> float:
     return max(float(np.abs(np.asarray(g) - e.numpy()).max()) for g, e in zip(got, expected))
 
 
+def recipe(pairwise: bool, eval_frames: int = 350, num_eval: int = 10) -> dict:
+    """From audio files to a score with the exported graphs, as ``capsv verify`` does it."""
+    whole = eval_frames <= 0
+    steps = {
+        "sample_rate": SAMPLE_RATE,
+        "audio": "decode, average the channels to mono, resample to 16 kHz (capsv uses "
+                 "libswresample through PyAV)",
+        "input_scale": "float32 on the int16 scale: PCM16 values as they are, float audio in "
+                       "[-1, 1] times 32768",
+        "eval_frames": eval_frames,
+        "crop_samples": 0 if whole else crop_samples(eval_frames),
+        "num_crops": 1 if whole else num_eval,
+        "crops": ("the whole file as one crop (batch 1), no padding" if whole else
+                  f"crop = eval_frames * 160 + 240 samples; a file of n <= crop samples is "
+                  f"zero-padded by floor((crop - n + 1) / 2) on both sides (the paper's rule); "
+                  f"crop starts = int(linspace(0, padded_length - crop, num_crops)); "
+                  f"the crops form one batch (num_crops, crop)"),
+        "short_files": "files much shorter than a crop are mostly zeros after padding and "
+                       "score badly; eval_frames 0 (whole files) avoids it",
+    }
+    if pairwise:
+        steps["scoring"] = ("frames graph on each file's crops -> (num_crops, D, T); cap_head("
+                            "support = file 1's frames, query = file 2's frames) -> score "
+                            "(the mean over crop pairs of cos(e_s, e_q)); there is no "
+                            "single-file embedding: CAP pools each pair jointly")
+    else:
+        steps["scoring"] = ("embedding graph on each file's crops -> (num_crops, E); scale every "
+                            "row to unit length; file vector = mean of the rows; score = dot "
+                            "product of the two file vectors (= the mean of the num_crops x "
+                            "num_crops crop cosines). capsv embed stores the file vector scaled "
+                            "to unit length (cosine scoring) plus its length ('norms')")
+    steps["example"] = "verify_onnx.py in this folder (numpy + onnxruntime) follows this recipe"
+    return steps
+
+
 def export_model(net: SpeakerNet, out_dir: str, fmt: str = "onnx", stft: str = "dft",
                  opset: int = DEFAULT_OPSET, check: bool = True, threshold: float | None = None,
-                 source: str | None = None, exporter: str = "auto") -> dict:
-    """Export every graph of ``net`` into ``out_dir``; returns (and writes) the manifest."""
+                 source: str | None = None, exporter: str = "auto", eval_frames: int = 350,
+                 num_eval: int = 10) -> dict:
+    """Export every graph of ``net`` into ``out_dir``; returns (and writes) the manifest.
+
+    ``eval_frames`` and ``num_eval``: the protocol written into the manifest's recipe."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     net = net.cpu().eval()
@@ -242,8 +285,14 @@ def export_model(net: SpeakerNet, out_dir: str, fmt: str = "onnx", stft: str = "
     manifest = {"capsv_version": __version__, "format": fmt, "model_config": dict(net.config),
                 "source_checkpoint": source, "sample_rate": 16000,
                 "input_scale": "int16 (float32 values -32768..32767, not divided by 32768)",
-                "protocol": "10 crops of 56240 samples (350 frames) per file, see capsv eval",
+                "protocol": (f"{num_eval} crops of {crop_samples(eval_frames)} samples "
+                             f"({eval_frames} frames) per file, see recipe" if eval_frames > 0
+                             else "whole files, see recipe"),
+                "recipe": recipe(net.pairwise, eval_frames, num_eval),
                 "eer_threshold": threshold, "graphs": {}}
+    if fmt != "onnx":
+        manifest["recipe"]["example"] = ("capsv.onnx_verify (for ONNX exports) shows the recipe "
+                                         "in numpy")
     if fmt == "onnx":
         exporter = pick_exporter(exporter, stft)
         manifest.update({"stft": stft, "opset": opset, "onnx_exporter": exporter})
@@ -259,6 +308,9 @@ def export_model(net: SpeakerNet, out_dir: str, fmt: str = "onnx", stft: str = "
             entry["max_abs_diff_vs_pytorch"] = check_export(name, path, fmt, net)
         manifest["graphs"][name] = entry
     atomic_write_text(os.path.join(out_dir, "export.json"), json.dumps(manifest, indent=2) + "\n")
+    if fmt == "onnx":
+        with atomic_path(os.path.join(out_dir, "verify_onnx.py")) as tmp:
+            shutil.copyfile(os.path.join(os.path.dirname(__file__), "onnx_verify.py"), tmp)
     return manifest
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import allocator, distributed, faults, precision
+from . import allocator, audio, distributed, faults, precision
 from .checkpoint import (is_capsv, load_state_strict, read_checkpoint, save_checkpoint,
                          split_reference_state)
 from .data.dataset import TrainCrops, TrainList, build_augmenter, make_train_loader
@@ -179,6 +179,7 @@ class TrainConfig:
     eval_frames: int = 350
     num_eval: int = 10
     on_bad_audio: str = "error"           # or "skip": see --on_bad_audio
+    strict_audio: bool = False            # refuse audio that is not 16 kHz (else resampled)
     # files and runtime
     save_path: str = "./data/exp1"
     initial_model: str = ""
@@ -909,7 +910,8 @@ def train(args) -> TrainSummary:
     wall_start = time.time()
     cfg = TrainConfig.from_any(args)
     dist, device = distributed.setup(cfg.device)     # torchrun: one process per device
-    with run_lock(cfg.save_path, enabled=dist.is_main):   # one run per --save_path
+    with run_lock(cfg.save_path, enabled=dist.is_main), \
+            audio.strict_audio(cfg.strict_audio):     # in the environment: workers inherit it
         summary = _train(cfg, dist, device, wall_start)  # on error torchrun stops the other ranks
     distributed.teardown(dist)
     return summary
@@ -957,6 +959,9 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
     if meta.get("train_list_sha256") not in (None, train_sha):
         log.info("warning: the train list changed since the checkpoint was written")
     _describe_run(log, cfg, train_list, sampler, device, first_epoch)
+    decode_note = audio.training_decode_note(train_list.paths, cfg.max_frames) if main else None
+    if decode_note:
+        log.info(f"note: {decode_note}")
     log.info(f"memory: {malloc_note}")
     if dist.enabled:
         log.info(f"DistributedDataParallel over {dist.world_size} processes: a step takes "

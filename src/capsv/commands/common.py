@@ -33,6 +33,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                         "and names every such file; 'skip' leaves it out (evaluation: with its "
                         "trials; training: another utterance of the same speaker is read) and "
                         "reports how many at the end (default: %(default)s)")
+    g.add_argument("--strict_audio", action="store_true",
+                   help="refuse audio that is not 16 kHz (today's files at 44.1/48/8 kHz ...) "
+                        "instead of resampling it on reading, with a warning per file")
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
@@ -42,4 +45,5 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nDataLoaderThread", type=int, default=2,
                    help="audio-loading worker processes (default: %(default)s)")
     g.add_argument("--no_progress", action="store_true", help="hide progress bars")
-    g.add_argument("--config", help="YAML file of flag values; flags typed on the command line win")
+    g.add_argument("--config", help="YAML file of flag values; flags typed on the command line "
+                   "win; a training config works (its training-only keys are ignored)")

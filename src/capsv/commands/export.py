@@ -10,8 +10,10 @@ from .common import add_model_args
 HELP = "export a checkpoint to ONNX or TorchScript"
 DESCRIPTION = """\
 Write deployable graphs of a checkpoint into --out DIR, plus export.json (inputs, outputs,
-input scale, protocol, the checkpoint's decision threshold, and the largest difference from
-PyTorch measured on inputs of new sizes unless --no_check).
+the whole recipe from audio to score: sample rate, int16 scale, crop length and padding
+rule, number of crops, normalisation and scoring; the checkpoint's decision threshold, and
+the largest difference from PyTorch measured on inputs of new sizes unless --no_check), and
+for ONNX verify_onnx.py, a numpy + onnxruntime script that reproduces 'capsv verify'.
 
 TAP/SAP: embedding.onnx (or .pt): waveform (batch, samples) -> embedding (batch, E).
 CAP:     frames.onnx: waveform (batch, samples) -> frame features (batch, D, T), and
@@ -40,9 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--onnx_exporter", choices=ONNX_EXPORTERS, default="auto",
                    help="torch exporter: auto = legacy (TorchScript-based) for --stft dft, "
                    "dynamo for --stft native (default: %(default)s)")
+    g = p.add_argument_group("protocol written into export.json's recipe")
+    g.add_argument("--eval_frames", type=int, default=350,
+                   help="frames per crop; 0 = whole utterance (default: %(default)s)")
+    g.add_argument("--num_eval", type=int, default=10, help="crops per file (default: %(default)s)")
     p.add_argument("--no_check", action="store_true",
                    help="skip running the exported graphs against PyTorch")
-    p.add_argument("--config", help="YAML file of flag values; flags typed on the command line win")
+    p.add_argument("--config", help="YAML file of flag values; flags typed on the command line "
+                   "win; a training config works (its training-only keys are ignored)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,10 +57,14 @@ def run(args: argparse.Namespace) -> int:
     threshold = (ckpt.get("meta") or {}).get("eer_threshold") if is_capsv(ckpt) else None
     manifest = export_model(net, args.out, args.format, stft=args.stft, opset=args.opset,
                             check=not args.no_check, threshold=threshold,
-                            source=args.initial_model, exporter=args.onnx_exporter)
+                            source=args.initial_model, exporter=args.onnx_exporter,
+                            eval_frames=args.eval_frames, num_eval=args.num_eval)
     for name, entry in manifest["graphs"].items():
         diff = entry.get("max_abs_diff_vs_pytorch")
         note = f" (max |diff| vs PyTorch {diff:.2e})" if diff is not None else ""
         print(f"{name}: {args.out.rstrip('/')}/{entry['file']}{note}")
     print(f"manifest: {args.out.rstrip('/')}/export.json", flush=True)
+    if args.format == "onnx":
+        print(f"example: python {args.out.rstrip('/')}/verify_onnx.py a.wav b.wav "
+              "(numpy + onnxruntime; reproduces capsv verify)", flush=True)
     return 0

@@ -7,15 +7,18 @@ import os
 import numpy as np
 
 from ..data.lists import read_trials
-from ..embeddings import EmbeddingError, lookup, read_embeddings
+from ..embeddings import EmbeddingError, attach_norms, lookup, read_embeddings
 from ..metrics import compute_metrics
 from ..scorenorm import adaptive_snorm, cohort_stats
 from ..utils import atomic_write_text
 
 HELP = "score a trial list from embeddings stored by 'capsv embed' (TAP/SAP)"
 DESCRIPTION = """\
-Score every trial of a list as the dot product of the two files' stored embeddings, which
-equals 'capsv eval' for the same model and protocol. Prints EER and minDCF when the list has
+Score every trial of a list from the two files' stored embeddings: the stored vectors are
+unit length (their dot product is the cosine) and the lengths of the unscaled means are
+stored beside them (.npz 'norms', or x.norms beside x.ark), so the score is
+dot * norm1 * norm2, which equals 'capsv eval' for the same model and protocol (the mean of
+the crops' cosines). Prints EER and minDCF when the list has
 both target and non-target trials. CAP needs the pair head: use 'capsv eval'.
 
 Optional AS-norm (adaptive s-norm) against cohort embeddings from another 'capsv embed' run:
@@ -42,14 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    data = read_embeddings(args.embeddings)
+    data = attach_norms(read_embeddings(args.embeddings), args.embeddings)
     if data.embeddings is None:
         raise EmbeddingError(f"{args.embeddings}: holds CAP frame features; CAP scores are "
                              "pairwise: use 'capsv eval' (or 'capsv verify')")
     trials = read_trials(args.test_list)
     rows1 = lookup(data, [t.path1 for t in trials], args.embeddings)
     rows2 = lookup(data, [t.path2 for t in trials], args.embeddings)
-    emb = data.embeddings.astype(np.float64)
+    emb = data.scoring_vectors()
     scores = (emb[rows1] * emb[rows2]).sum(axis=1)
     if args.score_norm == "asnorm":
         scores = _asnorm(args, data, emb, scores, rows1, rows2)
@@ -71,12 +74,12 @@ def run(args: argparse.Namespace) -> int:
 def _asnorm(args, data, emb, scores, rows1, rows2) -> np.ndarray:
     if not args.cohort_embeddings:
         raise EmbeddingError("--score_norm asnorm needs --cohort_embeddings FILE")
-    cohort = read_embeddings(args.cohort_embeddings)
+    cohort = attach_norms(read_embeddings(args.cohort_embeddings), args.cohort_embeddings)
     if cohort.embeddings is None or cohort.embeddings.shape[1] != emb.shape[1]:
         raise EmbeddingError(f"{args.cohort_embeddings}: cohort embeddings do not match "
                              f"{args.embeddings} (CAP frames or another embedding size)")
     used, inverse = np.unique(np.r_[rows1, rows2], return_inverse=True)
-    table = emb[used] @ cohort.embeddings.astype(np.float64).T     # (used files, cohort)
+    table = emb[used] @ cohort.scoring_vectors().T                # (used files, cohort)
     cohort_rows = cohort.index()
     for row, key in enumerate(np.array(data.keys)[used]):
         if os.path.normpath(key) in cohort_rows:                  # a file is not its own cohort

@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale", type=float, help="scale of amsoftmax/aamsoftmax (default: %(default)s)")
 
     g = p.add_argument_group("training data")
-    g.add_argument("--train_list", help="lines '<speaker> <path>' (default: %(default)s)")
+    g.add_argument("--train_list", help="lines '<speaker> <path>', or a Kaldi data directory "
+                   "holding wav.scp and utt2spk (default: %(default)s)")
     g.add_argument("--train_path", help="root the train list's paths are relative to; a listed "
                                         ".wav missing beside an .m4a is read from the .m4a "
                                         "(default: %(default)s)")

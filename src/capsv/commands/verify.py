@@ -17,8 +17,13 @@ trainer's last evaluation). Prints:
   score 0.97310412
   decision same-speaker (score >= threshold 0.95034)
 
-'decision' is 'same-speaker' or 'different-speaker'; without any threshold only the score is
-printed. Files must be 16 kHz audio (WAV/FLAC).
+'decision' is 'same-speaker' or 'different-speaker'; without any threshold (neither
+--threshold nor one stored in the checkpoint) it is 'decision none (...)'.
+
+Audio: WAV, FLAC, OGG/Opus, MP3, m4a/AAC ..., any sample rate and channel count (decoded,
+averaged to mono and resampled to 16 kHz, with a warning naming the rate; --strict_audio
+refuses files that are not 16 kHz instead). A file shorter than one crop is zero-padded, as
+the paper's code does, with a warning (--eval_frames 0 scores whole utterances).
 
 example:
   capsv verify alice_1.wav alice_2.wav --initial_model exps/cap/model/model000000050.model
@@ -35,13 +40,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval_frames", type=int, default=350,
                    help="frames per crop; 0 = whole utterance (default: %(default)s)")
     g.add_argument("--num_eval", type=int, default=10, help="crops per file (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    p.add_argument("--config", help="YAML file of flag values; flags typed on the command line win")
+    g.add_argument("--strict_audio", action="store_true",
+                   help="refuse audio that is not 16 kHz instead of resampling it")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--config", help="YAML file of flag values; flags typed on the command line "
+                   "win; a training config works (its training-only keys are ignored)")
 
 
 def run(args: argparse.Namespace) -> int:
     for path in (args.audio1, args.audio2):
-        audio_info(path)          # bad audio fails before the model loads
+        audio_info(path, warn=False)   # bad audio fails before the model loads
     verifier = SpeakerVerifier.from_checkpoint(
         args.initial_model, device=args.device, model=args.model, encoder_type=args.encoder_type,
         nOut=args.nOut, eval_frames=args.eval_frames, num_eval=args.num_eval)

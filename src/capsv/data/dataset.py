@@ -27,7 +27,7 @@ from ..audio import AudioError, load_random_crop
 from ..errors import CapsvError
 from ..utils import file_sha256
 from ..workers import start_worker
-from .lists import read_train_list
+from .lists import KALDI_TRAIN_FILES, is_kaldi_data_dir, read_kaldi_data_dir, read_train_list
 from .sampler import SpeakerBatchSampler, SpeakerIndex
 
 
@@ -93,11 +93,14 @@ class TrainList:
         return len(self.speakers)
 
     def sha256(self) -> str:
+        if is_kaldi_data_dir(self.list_path):
+            return "".join(file_sha256(os.path.join(self.list_path, f)) for f in KALDI_TRAIN_FILES)
         return file_sha256(self.list_path)
 
     @classmethod
     def read(cls, list_path: str, train_path: str, check_files: bool = True) -> "TrainList":
-        items = read_train_list(list_path)
+        # a Kaldi data directory (wav.scp + utt2spk) serves as a train list too
+        items = read_kaldi_data_dir(list_path) if is_kaldi_data_dir(list_path) else read_train_list(list_path)
         names, relpaths = [speaker for speaker, _ in items], [rel for _, rel in items]
         del items                                   # 1 M tuples: gone before the paths are built
         speakers = sorted(set(names))

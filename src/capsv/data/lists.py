@@ -184,3 +184,53 @@ def read_audio_list(path: str) -> list[str]:
     if not paths:
         raise ListError(f"{path}: the list is empty")
     return list(paths)
+
+
+KALDI_TRAIN_FILES = ("wav.scp", "utt2spk")
+
+
+def is_kaldi_data_dir(path: str) -> bool:
+    """A Kaldi data directory: a folder holding ``wav.scp`` and ``utt2spk``."""
+    return os.path.isdir(path) and all(os.path.isfile(os.path.join(path, f)) for f in KALDI_TRAIN_FILES)
+
+
+def read_kaldi_data_dir(folder: str) -> list[tuple[str, str]]:
+    """(speaker, audio path) per utterance of a Kaldi data directory, in ``wav.scp`` order:
+    ``wav.scp`` gives ``<utt-id> <path>``, ``utt2spk`` gives ``<utt-id> <speaker>``. What
+    :func:`read_train_list` gives for a train list; commands in ``wav.scp`` are refused."""
+    speakers, utt2spk = {}, os.path.join(folder, "utt2spk")
+    for number, text in _lines(utt2spk):
+        fields = text.split()
+        if len(fields) != 2:
+            raise ListError(f"{utt2spk}:{number}: expected '<utt-id> <speaker>', found {text[:120]!r}")
+        speakers[fields[0]] = fields[1]
+    items = read_wav_scp(os.path.join(folder, "wav.scp"))
+    missing = [utt for utt, _ in items if utt not in speakers]
+    if missing:
+        raise ListError(f"{utt2spk}: no speaker for {len(missing)} utterance(s) of wav.scp, "
+                        f"e.g. {missing[0]}")
+    return [(speakers[utt], path) for utt, path in items]
+
+
+def read_wav_scp(path: str, root: str = "") -> list[tuple[str, str]]:
+    """(utterance id, audio path) of each line ``<utt-id> <path>`` of a Kaldi ``wav.scp``.
+
+    Relative paths are taken under ``root``. Piped commands (``... |``) and ark offsets
+    are refused: capsv never runs commands from a file."""
+    items, seen = [], {}
+    for number, text in _lines(path):
+        fields = text.split(maxsplit=1)
+        if len(fields) != 2:
+            raise ListError(f"{path}:{number}: expected '<utt-id> <path>', found {text[:120]!r}")
+        utt, audio = fields[0], fields[1].strip()
+        if audio.endswith("|") or audio.startswith("ark:") or audio == "-":
+            raise ListError(f"{path}:{number}: {utt} is a command or an archive offset "
+                            f"({audio[:60]!r}); capsv reads audio files only and never runs "
+                            "commands: write that audio to a file and list the file")
+        if utt in seen:
+            raise ListError(f"{path}:{number}: utterance id {utt} repeats line {seen[utt]}")
+        seen[utt] = number
+        items.append((utt, os.path.join(root, audio)))
+    if not items:
+        raise ListError(f"{path}: the wav.scp is empty")
+    return items
