@@ -403,6 +403,11 @@ def main() -> int:
     parser.add_argument("--sample_trials", type=int, default=20_000)
     parser.add_argument("--train_timeout", type=float, default=1800.0)
     args = parser.parse_args()
+    if os.environ.get("CAPSV_BENCH_THREADS"):
+        # One intra-op thread (run.py's default): on a busy 2-core machine two threads wait
+        # on each other and timings swing by 10x (bench/common.py does the same).
+        import torch
+        torch.set_num_threads(int(os.environ["CAPSV_BENCH_THREADS"]))
     where = layout.paths(args.root, args.scale)
     where["eval_list"] = args.eval_list
     MEASUREMENTS[args.name](args, where)

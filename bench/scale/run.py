@@ -202,7 +202,8 @@ def machine() -> dict:
 def markdown(lines, info: dict, meta: dict) -> str:
     text = [f"Measured {meta['started']} - {meta['finished']} UTC, commit `{meta['machine']['commit']}`, "
             f"scale {meta['scale']:g}; {meta['machine']['cpu']}, {meta['machine']['cores']} cores, "
-            f"Python {meta['machine']['python']}; load average {meta['load_start']:.1f} at the start, "
+            f"Python {meta['machine']['python']}, {meta['threads']} intra-op thread(s) "
+            f"(CAPSV_BENCH_THREADS); load average {meta['load_start']:.1f} at the start, "
             f"{meta['load_end']:.1f} at the end.", "", f"```\n{meta['command']}\n```", "",
             "| figure | measured | at full size / notes |", "|---|---|---|"]
     text += [f"| {a} | {b} | {c} |" for a, b, c in lines]
@@ -227,6 +228,9 @@ def main() -> int:
                                                       "scoring", "train_epoch"])
     args = parser.parse_args()
     quick = args.quick
+    # Children use one intra-op thread unless told otherwise (measure.py); capsv train keeps
+    # its own default.
+    os.environ.setdefault("CAPSV_BENCH_THREADS", "1")
     args.scale = args.scale if args.scale is not None else (QUICK_SCALE if quick else 1.0)
     args.seconds = args.seconds or (5.0 if quick else 30.0)
     args.eval_files = args.eval_files or (40 if quick else 1000)
@@ -234,7 +238,8 @@ def main() -> int:
     args.train_timeout = args.train_timeout or (600.0 if quick else 1800.0)
     meta = {"started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "scale": args.scale,
             "load_start": os.getloadavg()[0], "machine": machine(),
-            "command": "python bench/scale/run.py " + " ".join(sys.argv[1:])}
+            "command": "python bench/scale/run.py " + " ".join(sys.argv[1:]),
+            "threads": os.environ["CAPSV_BENCH_THREADS"]}
     print("machine:", json.dumps(meta["machine"]), flush=True)
     info = layout.build(args.root, args.scale, progress=False)
     where = layout.paths(args.root, args.scale)
