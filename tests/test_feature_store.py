@@ -30,8 +30,8 @@ PROTOCOL = dict(eval_frames=40, num_eval=3)
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, reference_dir):
-    """8 short files, a trial list over them (both labels, both orders of a pair, a file
-    against itself) and a cohort list of 4 of them."""
+    """8 short files, a trial list over them (both labels, a file against itself; each pair
+    once, in either order: the list reader refuses a swapped repeat) and a cohort list of 4."""
     root = tmp_path_factory.mktemp("corpus")
     names = []
     for k, (start, length) in enumerate(SLICES):
@@ -41,10 +41,13 @@ def corpus(tmp_path_factory, reference_dir):
         sf.write(root / name, audio[start:start + length], 16000, subtype="PCM_16")
         names.append(name)
     rng = np.random.default_rng(0)
-    lines = [f"1 {names[0]} {names[3]}", f"0 {names[3]} {names[0]}", f"1 {names[2]} {names[2]}"]
-    for _ in range(13):
-        i, j = rng.integers(0, len(names), 2)
-        lines.append(f"{int(i % 3 == j % 3)} {names[i]} {names[j]}")
+    lines = [f"1 {names[0]} {names[3]}", f"1 {names[2]} {names[2]}"]
+    seen = {frozenset((0, 3)), frozenset((2,))}
+    while len(lines) < 16:
+        i, j = (int(k) for k in rng.integers(0, len(names), 2))
+        if frozenset((i, j)) not in seen:
+            seen.add(frozenset((i, j)))
+            lines.append(f"{int(i % 3 == j % 3)} {names[i]} {names[j]}")
     (root / "trials.txt").write_text("\n".join(lines) + "\n")
     (root / "cohort.txt").write_text("\n".join(names[4:]) + "\n")
     return root
@@ -218,7 +221,7 @@ def test_cohort_statistics_in_blocks_equal_the_whole_table():
     for i in range(50):
         feats.keep_mean(i, torch.nn.functional.normalize(torch.randn(8, generator=gen), dim=0), 50)
     cohort = np.array([3, 10, 20, 30, 40, 41, 42, 45, 49])      # 3 and 10 are trial files too
-    mean, std = _cohort_side_stats(Net(), feats, 30, cohort, top_n=4, progress=False, entries=40)
+    mean, std = _cohort_side_stats(Net(), feats, np.arange(30), cohort, top_n=4, progress=False, entries=40)
     table = cohort_scores(Net(), feats, np.arange(30), cohort, progress=False)
     table[np.arange(30)[:, None] == cohort[None, :]] = -np.inf
     whole_mean, whole_std = cohort_stats(table, 4)

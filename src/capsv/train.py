@@ -910,6 +910,7 @@ def train(args) -> TrainSummary:
     wall_start = time.time()
     cfg = TrainConfig.from_any(args)
     dist, device = distributed.setup(cfg.device)     # torchrun: one process per device
+    ensure_writable_dir(cfg.save_path, "--save_path")   # a file, read-only or full: one line
     with run_lock(cfg.save_path, enabled=dist.is_main), \
             audio.strict_audio(cfg.strict_audio):     # in the environment: workers inherit it
         summary = _train(cfg, dist, device, wall_start)  # on error torchrun stops the other ranks
@@ -920,7 +921,6 @@ def train(args) -> TrainSummary:
 def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
     main = dist.is_main                               # rank 0 alone writes and shows progress
     progress = not cfg.no_progress and main
-    ensure_writable_dir(cfg.save_path, "--save_path")   # a file, read-only or full: one line
     os.makedirs(os.path.join(cfg.save_path, "model"), exist_ok=True)
     if main:
         _remove_stale_temp_files(os.path.join(cfg.save_path, "model"))
