@@ -193,7 +193,7 @@ def link_tree(tree: str, relpaths: list[str], pool: list[str], suffix: str = ".w
 def make_trials(files: np.ndarray, speakers: np.ndarray, n_trials: int,
                 rng: np.random.Generator, max_rounds: int = 100) -> np.ndarray:
     """(n_trials, 3) rows (label, file a, file b), ``speakers[file]`` giving each file's
-    speaker: half targets, no pair twice, and each of ``files`` in some trial (every file
+    speaker: half targets, no pair twice (in either order), and each of ``files`` in some trial (every file
     is first the first side of one trial; random first sides follow)."""
     files = files[np.argsort(speakers[files], kind="stable")]
     spk = speakers[files]
@@ -213,7 +213,8 @@ def make_trials(files: np.ndarray, speakers: np.ndarray, n_trials: int,
         same = starts[a] + rng.integers(0, 1 << 40, len(a)) % counts[a]
         b = np.where(labels == 1, same, rng.integers(0, len(files), len(a)))
         ok = (b != a) & ((spk[a] == spk[b]) == (labels == 1))
-        keys = files[a].astype(np.int64) * (int(files.max()) + 1) + files[b]
+        lo, hi = np.minimum(files[a], files[b]), np.maximum(files[a], files[b])
+        keys = lo.astype(np.int64) * (int(files.max()) + 1) + hi      # a pair in either order
         fresh = [i for i in np.flatnonzero(ok) if not (keys[i] in seen or seen.add(keys[i]))]
         fresh = np.asarray(fresh, dtype=np.int64)
         rows.append(np.stack([labels[fresh], files[a[fresh]], files[b[fresh]]], axis=1))
