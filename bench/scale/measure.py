@@ -373,9 +373,11 @@ def measure_train_epoch(args, where: dict) -> None:
             lines = [json.loads(line) for line in f if line.strip()]
         epoch = lines[-1] if lines else {}
     trainer = watch.peaks.get(train_pid, {})
+    with open(list_path) as f:
+        n_lines = sum(1 for _ in f)
     workers = watch.summary(exclude={train_pid})
     row("train_epoch", variant=args.variant, list=os.path.basename(list_path),
-        lines=sum(1 for _ in open(list_path)), steps=epoch.get("steps"),
+        lines=n_lines, steps=epoch.get("steps"),
         epoch_s=round(epoch["seconds"], 1) if "seconds" in epoch else None,
         wall_s=round(wall, 1), timed_out=timed_out, timeout_s=args.train_timeout,
         exit_status=proc.returncode, trainer_peak_rss_mb=trainer.get("VmHWM"),
