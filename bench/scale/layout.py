@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from capsv.utils import atomic_write_text  # noqa: E402
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2   # 2: trial pairs distinct in either order
 MARKER = ".capsv-scale-complete.json"
 DEFAULT_ROOT = "/tmp/capsv-scale"
 
@@ -254,6 +254,11 @@ def build(root: str = DEFAULT_ROOT, scale: float = 1.0, seed: int = 0, m4a: bool
         if done.get("settings") == json.loads(json.dumps(settings)):
             done["reused"] = True
             return done
+        older = {**done.get("settings", {}), "version": LAYOUT_VERSION}
+        if older == json.loads(json.dumps(settings)):
+            log(f"{out}: layout of an older version; rebuilding the lists (links are reused)")
+            os.unlink(marker)
+            return build(root, scale, seed, m4a, progress, log, pool_speakers)
         raise SystemExit(f"{out} holds a layout built with other settings; remove it or use "
                          "another --root")
     os.makedirs(out, exist_ok=True)
