@@ -81,6 +81,7 @@ class ChildWatcher:
     def __init__(self, interval: float = 0.5, root: int | None = None):
         self.interval, self.root = interval, root
         self.peaks: dict[int, dict] = {}
+        self.own_anon_peak = 0.0      # RssAnon + RssShmem of this process (mapped files excluded)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -98,6 +99,8 @@ class ChildWatcher:
             self.sample()
 
     def sample(self):
+        own = proc_memory()
+        self.own_anon_peak = max(self.own_anon_peak, own["RssAnon"] + own["RssShmem"])
         for pid in descendants(self.root):
             mem = proc_memory(pid)
             peak = self.peaks.setdefault(pid, {})
@@ -256,7 +259,7 @@ def measure_eval(args, where: dict) -> None:
         crops="whole utterance" if args.eval_frames == 0 else f"10 x {args.eval_frames} frames",
         files=files, trials=len(result.trials), workers=args.workers, seconds=round(seconds, 1),
         s_per_1000_files=round(seconds * per_k, 1), rss_before_mb=before["VmRSS"],
-        peak_rss_mb=after["VmHWM"],
+        peak_rss_mb=after["VmHWM"], peak_anon_mb=round(watch.own_anon_peak, 1),
         growth_per_1000_files_mb=round((after["VmHWM"] - before["VmRSS"]) * per_k, 1),
         **mem_fields("worker_max", watch.summary()))
 
