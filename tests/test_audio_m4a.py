@@ -158,7 +158,7 @@ def test_m4a_seek_crop_of_a_truncated_file_is_a_clear_error(tmp_path):
     write_m4a(path, _speechlike(12.0, 16000), 16000)
     data = path.read_bytes()
     cut = tmp_path / "cut.m4a"
-    cut.write_bytes(data[:len(data) // 3])      # the moov atom stays at the front (ipod muxer)?
+    cut.write_bytes(data[:len(data) // 3])      # a download cut short: the index is lost too
     rng = _PinnedStart(0.9)
     with pytest.raises(AudioError, match="cut.m4a"):
         load_random_crop(str(cut), 100, rng)
