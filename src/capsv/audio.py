@@ -729,6 +729,10 @@ def _seek_crop_av(path: str, crop_len: int, start_fraction: float) -> np.ndarray
     rate: the span is aligned to both sampling grids, read with a margin and resampled as in
     :func:`_random_crop_resampled`. Files shorter than a crop, or without a usable duration
     or pts, are decoded whole as before.
+    Bands an AAC encoder coded as noise substitution (PNS) are refilled from the decoder's
+    random generator, so there the crop is other noise of the same level than the whole
+    decode's; crops therefore differ from releases that decoded whole files, but stay fixed
+    for a given seed, epoch and index.
     """
     with _open_av(path) as container:
         stream = container.streams.audio[0]
