@@ -546,3 +546,17 @@ def test_a_password_flag_is_warned_about_even_when_the_download_works(tmp_path, 
     assert rc == 0, err
     assert "--password is visible to other users" in err and "CAPSV_PASSWORD" in err
     assert "hunter2-secret" not in err
+
+
+def test_a_negative_crop_length_is_refused_from_python_too():
+    """The CLI refuses --eval_frames -5; the Python entry points must not read it as
+    whole-utterance scoring either."""
+    from capsv.api import SpeakerVerifier
+    from capsv.models import SpeakerNet
+    from capsv.train import TrainConfig, TrainError
+
+    net = SpeakerNet("ResNetSE34L", "TAP", 64)
+    with pytest.raises(ValueError, match="eval_frames must be 0"):
+        SpeakerVerifier(net, eval_frames=-5, device="cpu")
+    with pytest.raises(TrainError, match="--eval_frames must be 0"):
+        TrainConfig(train_list="x", train_path="y", eval_frames=-5).validate()

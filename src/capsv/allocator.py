@@ -44,3 +44,26 @@ def keep_freed_memory() -> str:
     except (OSError, AttributeError):
         ok = False
     return "glibc malloc keeps freed memory (mallopt)" if ok else "malloc defaults (mallopt refused)"
+
+
+def return_freed_memory() -> str:
+    """The opposite, for evaluation: a fixed mmap threshold (glibc's 128 KB default), so blocks
+    above it always come from ``mmap`` and go back to the kernel when freed.
+
+    glibc raises its mmap threshold each time a large mmap'd block is freed; from then on
+    blocks of up to 32 MB come from the heap, and freed heap memory in the middle of it stays
+    resident. Over thousands of files of evaluation that retention wandered by tens of MB
+    (bench/bench_eval_memory_scale.py), which is most of what grew with the file count once
+    the features moved to disk. Same opt-outs as :func:`keep_freed_memory`.
+    """
+    if os.environ.get(OPT_OUT, "").lower() == "default":
+        return f"glibc malloc defaults ({OPT_OUT}=default)"
+    if any(name in os.environ for name in ENV_VARS):
+        return "glibc malloc settings from the environment"
+    if platform.libc_ver()[0] != "glibc":
+        return "malloc defaults (not glibc)"
+    try:
+        ok = ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, ctypes.c_int(128 * 1024)) == 1
+    except (OSError, AttributeError):
+        ok = False
+    return "glibc malloc returns freed blocks (fixed mmap threshold)" if ok else "malloc defaults"

@@ -79,6 +79,8 @@ class SpeakerVerifier:
                  input_scale: str = "auto", sample_rate: int | None = None):
         if input_scale not in INPUT_SCALES:
             raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
+        if eval_frames < 0:
+            raise ValueError(f"eval_frames must be 0 (whole utterance) or more, got {eval_frames}")
         if eval_frames > 0 and num_eval < 1:
             raise ValueError(f"num_eval must be at least 1, got {num_eval}")
         self.device = resolve_device(device) if isinstance(device, str) else device

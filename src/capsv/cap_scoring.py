@@ -135,9 +135,11 @@ class GroupedCapScorer:
         return self._pair_means(rows, job_rows[:c], job_rows[c:])
 
     def _rows(self, jobs: int) -> torch.Tensor:
-        """The buffer, allocated once at the largest chunk's size, as (jobs N, N D) rows."""
+        """The buffer, allocated once at the full chunk's size (whatever the list's length, so
+        the scoring memory is the same for 100 files as for 100,000), as (jobs N, N D) rows."""
         if self.buffer is None or self.buffer.shape[0] < jobs * self.n:
-            self.buffer = torch.empty((jobs * self.n, self.n * self.d), dtype=self.frames.dtype,
+            rows = max(jobs, 2 * self.chunk) * self.n
+            self.buffer = torch.empty((rows, self.n * self.d), dtype=self.frames.dtype,
                                       device=self.device)
         return self.buffer[:jobs * self.n]
 

@@ -224,6 +224,8 @@ class TrainConfig:
                 raise TrainError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.on_bad_audio not in ("error", "skip"):
             raise TrainError(f"--on_bad_audio must be error or skip, got {self.on_bad_audio!r}")
+        if self.eval_frames < 0:
+            raise TrainError(f"--eval_frames must be 0 (whole utterance) or more, got {self.eval_frames}")
         if self.max_bad_steps < 0:
             raise TrainError(f"--max_bad_steps must be 0 or more, got {self.max_bad_steps}")
         if self.nDataLoaderThread < 0:
