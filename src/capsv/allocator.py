@@ -25,24 +25,35 @@ ENV_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 OPT_OUT = "CAPSV_MALLOC"          # CAPSV_MALLOC=default leaves glibc's behaviour alone
 
 
-def keep_freed_memory() -> str:
-    """Tell glibc to keep freed memory; returns what was done, for the run log.
-
-    Not applied (and says why) on other C libraries, when the user set glibc's own
-    environment variables (theirs win), or with ``CAPSV_MALLOC=default``.
-    """
+def _not_tunable() -> str | None:
+    """Why glibc's malloc must be left alone here (None: it may be tuned)."""
     if os.environ.get(OPT_OUT, "").lower() == "default":
         return f"glibc malloc defaults ({OPT_OUT}=default)"
     if any(name in os.environ for name in ENV_VARS):
         return "glibc malloc settings from the environment"
     if platform.libc_ver()[0] != "glibc":
         return "malloc defaults (not glibc)"
+    return None
+
+
+def _mallopt(settings: list[tuple[int, int]]) -> bool:
     try:
         libc = ctypes.CDLL(None)
-        ok = (libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(INT_MAX)) == 1
-              and libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(INT_MAX)) == 1)
+        return all(libc.mallopt(option, ctypes.c_int(value)) == 1 for option, value in settings)
     except (OSError, AttributeError):
-        ok = False
+        return False
+
+
+def keep_freed_memory() -> str:
+    """Tell glibc to keep freed memory; returns what was done, for the run log.
+
+    Not applied (and says why) on other C libraries, when the user set glibc's own
+    environment variables (theirs win), or with ``CAPSV_MALLOC=default``.
+    """
+    why_not = _not_tunable()
+    if why_not:
+        return why_not
+    ok = _mallopt([(M_MMAP_THRESHOLD, INT_MAX), (M_TRIM_THRESHOLD, INT_MAX)])
     return "glibc malloc keeps freed memory (mallopt)" if ok else "malloc defaults (mallopt refused)"
 
 
@@ -56,14 +67,8 @@ def return_freed_memory() -> str:
     (bench/bench_eval_memory_scale.py), which is most of what grew with the file count once
     the features moved to disk. Same opt-outs as :func:`keep_freed_memory`.
     """
-    if os.environ.get(OPT_OUT, "").lower() == "default":
-        return f"glibc malloc defaults ({OPT_OUT}=default)"
-    if any(name in os.environ for name in ENV_VARS):
-        return "glibc malloc settings from the environment"
-    if platform.libc_ver()[0] != "glibc":
-        return "malloc defaults (not glibc)"
-    try:
-        ok = ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, ctypes.c_int(128 * 1024)) == 1
-    except (OSError, AttributeError):
-        ok = False
+    why_not = _not_tunable()
+    if why_not:
+        return why_not
+    ok = _mallopt([(M_MMAP_THRESHOLD, 128 * 1024)])
     return "glibc malloc returns freed blocks (fixed mmap threshold)" if ok else "malloc defaults"
