@@ -240,11 +240,9 @@ def measure_eval(args, where: dict) -> None:
     initialised ResNetSE34L: time and peak memory, per 1,000 files."""
     import torch
 
-    from capsv import allocator
     from capsv.evaluate import evaluate_list
     from capsv.models import SpeakerNet
 
-    allocator.return_freed_memory()        # as `capsv eval` does
     torch.manual_seed(0)
     net = SpeakerNet("ResNetSE34L", args.encoder, 512)
     before = proc_memory()

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import faults, feature_store
+from . import allocator, faults, feature_store
 from .cap_scoring import GroupedCapScorer
 from .audio import (SAMPLE_RATE, AudioError, audio_info, crop_samples, eval_crops, frames_that_fit,
                     load_audio, load_eval_crops)
@@ -512,6 +512,9 @@ def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: 
     folder: kept there and reused by a rerun with the same model, protocol and files
     (:mod:`capsv.feature_store`); ``":memory:"``: in RAM (or on the GPU), as before.
     """
+    # Freed blocks go back to the kernel (a fixed glibc mmap threshold): with the adaptive
+    # one, retained heap grew with the number of files (capsv.allocator).
+    allocator.return_freed_memory()
     trials = read_trials(test_list)
     all_files = trial_files(trials)
     files = validate_inputs(trials, test_path, test_list, on_bad_audio, eval_frames)

@@ -820,6 +820,7 @@ def _evaluate(cfg: TrainConfig, net: SpeakerNet, device, progress: bool, log: Ru
     result = evaluate_list(net, cfg.test_list, cfg.test_path, cfg.eval_frames, cfg.num_eval,
                            device=device, workers=cfg.nDataLoaderThread, progress=progress,
                            on_bad_audio=cfg.on_bad_audio)
+    allocator.keep_freed_memory()       # evaluate_list returned freed blocks; steps reuse them
     # Plain Python numbers: numpy scalars would break weights_only loading of the checkpoint.
     return {k: getattr(v, "item", lambda v=v: v)() for k, v in result.metrics.as_dict().items()}
 

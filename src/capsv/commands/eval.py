@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from .. import allocator
 from ..checkpoint import load_model
 from ..evaluate import EvalInputError, ScoreNorm, evaluate_list
 from ..utils import atomic_write_text, resolve_device
@@ -75,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
             raise EvalInputError(f"--top_n must be at least 1, got {args.top_n}")
         norm = ScoreNorm(args.cohort_list, args.cohort_path if args.cohort_path is not None
                          else args.test_path, args.top_n)
-    allocator.return_freed_memory()       # memory must not creep with the file count
     device = resolve_device(args.device)
     net, _ = load_model(args.initial_model, args.model, args.encoder_type, args.nOut, device=device)
     result = evaluate_list(net, args.test_list, args.test_path, args.eval_frames, args.num_eval,
