@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import gc
 import os
 import pickle
 import sys
@@ -18,6 +17,9 @@ from capsv.data.dataset import (TrainCrops, TrainDataError, TrainList, build_aug
                                 make_train_loader)
 from capsv.data.lists import ListError
 from capsv.data.sampler import SpeakerBatchSampler
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+from bench_train_input import python_objects  # noqa: E402  (the bench's measure, shared)
 
 
 @pytest.fixture
@@ -188,19 +190,6 @@ def test_per_item_cost_does_not_depend_on_the_list_size(monkeypatch):
     assert best[200_000] < 4 * best[2_000], best
 
 
-def _python_objects(root) -> int:
-    """Python objects reachable from ``root``: what a forked worker's reference counting
-    touches, page by page. A numpy array is one object whatever its length."""
-    seen, stack = set(), [root]
-    while stack:
-        obj = stack.pop()
-        if id(obj) in seen or isinstance(obj, type):
-            continue
-        seen.add(id(obj))
-        stack.extend(gc.get_referents(obj))
-    return len(seen)
-
-
 def test_dataset_objects_do_not_grow_with_the_list(corpus):
     # Same 50 speakers, 10x more utterances: the dataset a worker receives holds as many
     # Python objects (its paths, labels and speaker index are numpy arrays / one byte string).
@@ -208,14 +197,14 @@ def test_dataset_objects_do_not_grow_with_the_list(corpus):
     for n in (1_000, 10_000):
         paths = [f"{corpus}/id{i % 50:02d}/v/{i}.wav" for i in range(n)]
         labels = [i % 50 for i in range(n)]
-        counts[n] = _python_objects(TrainCrops(paths, labels, max_frames=20))
+        counts[n] = python_objects(TrainCrops(paths, labels, max_frames=20))
     assert counts[10_000] == counts[1_000] < 500, counts
 
 
 def test_train_list_is_compact_and_pickles(corpus):
     tl = TrainList.read(str(corpus / "train.txt"), str(corpus))
     assert isinstance(tl.labels, np.ndarray) and tl.labels.dtype == np.int64
-    assert _python_objects(tl.paths) < 10 and _python_objects(tl.labels) < 5
+    assert python_objects(tl.paths) < 10 and python_objects(tl.labels) < 5
     again = pickle.loads(pickle.dumps(tl.paths))
     assert list(again) == list(tl.paths) and len(again) == 24
 
