@@ -184,6 +184,7 @@ class TrainConfig:
     test_interval: int = 5
     eval_every_seconds: float = 0.0       # also evaluate mid-run this often (budget clock)
     eval_every_steps: int = 0             # ... or every this many optimiser steps
+    keep_curve_models: bool = False       # also save model/curve%09d.model at those points
     per_group_bn: bool = False
     # evaluation
     test_list: str | None = None
@@ -436,6 +437,11 @@ def seed_everything(seed: int) -> None:
 # --------------------------------------------------------------------------- checkpoints
 def checkpoint_path(save_path: str, epoch: int) -> str:
     return os.path.join(save_path, "model", "model%09d.model" % epoch)
+
+
+def curve_path(save_path: str, steps: int) -> str:
+    """The model kept at a mid-run evaluation point (``--keep_curve_models``)."""
+    return os.path.join(save_path, "model", f"curve{steps:09d}.model")
 
 
 def interrupted_path(save_path: str, epoch: int) -> str:
@@ -785,7 +791,7 @@ RESUME_KEPT = ("lr", "weight_decay", "patience")
 # silently applied: where and how the run executes, not what it computes;
 RESUME_FREE = ("nDataLoaderThread", "device", "no_progress", "tensorboard", "max_epoch",
                "initial_model", "save_path", "compile", "max_steps", "max_seconds",
-               "budget_clock", "eval_every_seconds", "eval_every_steps")
+               "budget_clock", "eval_every_seconds", "eval_every_steps", "keep_curve_models")
 # every other flag: applied from now on, with a warning naming it.
 
 
@@ -1053,9 +1059,16 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
         if budget.limited and distributed.max_int(int(budget.exhausted), dist, device):
             return True                      # the final evaluation follows the epoch's end
         if timer.enabled and distributed.max_int(int(timer.due()), dist, device):
-            evaluate_now(epoch)
-            net.train()
-            objective.train()
+            budget.pause()
+            if evaluating:
+                evaluate_now(epoch)
+                net.train()
+                objective.train()
+            if cfg.keep_curve_models and main:
+                _write_checkpoint(curve_path(cfg.save_path, budget.steps), f"step {budget.steps}",
+                                  cfg, net, objective, optimizer, scheduler, scaler,
+                                  {**meta, "epoch": epoch - 1, "budget": budget.as_meta()}, previous)
+            timer.mark()
             budget.start()
         return False
 
