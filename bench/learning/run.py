@@ -101,6 +101,8 @@ def evaluate(args) -> int:
     os.makedirs(out_dir, exist_ok=True)
     if args.final_only:
         models = []
+    if args.curve_only:              # while the run still trains: its epoch checkpoint is not final
+        final = []
     for path in models + final[-1:]:
         meta = read_checkpoint(path)["meta"]
         budget = meta.get("budget", {})
@@ -158,6 +160,7 @@ def main(argv=None) -> int:
     e.add_argument("run")
     e.add_argument("--protocols", default="whole,crops")
     e.add_argument("--final_only", action="store_true", help="only the run's last model")
+    e.add_argument("--curve_only", action="store_true", help="only the kept curve models")
     b = sub.add_parser("batch")
     b.add_argument("file")
     b.add_argument("--jobs", type=int, default=2)
