@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from capsv.baseline import (BaselineEmbedder, baseline_scores, cosine_scores, dct_matrix,
+from capsv.evaluation.baseline import (BaselineEmbedder, baseline_scores, cosine_scores, dct_matrix,
                             evaluate_baseline, evaluate_baselines, file_vectors)
-from capsv.checkpoint import save_checkpoint, load_model
+from capsv.models.checkpoint import save_checkpoint, load_model
 from capsv.data.lists import read_trials
-from capsv.data.synth import TRIAL_LIST, CorpusConfig, generate_corpus
+from capsv.prep.synth.corpus import TRIAL_LIST, CorpusConfig, generate_corpus
 from capsv.errors import CapsvError
-from capsv.evaluate import EvalInputError, evaluate_list
+from capsv.evaluation.pipeline import EvalInputError, evaluate_list
 from capsv.models import SpeakerNet
 
 # 12 test speakers x 12 clips of 2-3 s, 600 trials (300 target / 300 non-target). One

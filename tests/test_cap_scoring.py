@@ -1,13 +1,13 @@
-"""The file-grouped CAP scorer (capsv.cap_scoring) against the literal per-trial form."""
+"""The file-grouped CAP scorer (capsv.evaluation.cap_scoring) against the literal per-trial form."""
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from capsv import cap_scoring
-from capsv.cap_scoring import GroupedCapScorer, projection_factor
-from capsv.evaluate import FileFeatures, score_pairs
-from capsv.pooling import CAP
+from capsv.evaluation import cap_scoring
+from capsv.evaluation.cap_scoring import GroupedCapScorer, projection_factor
+from capsv.evaluation.pipeline import FileFeatures, score_pairs
+from capsv.models.pooling import CAP
 
 
 def _cap(d, e, dtype=torch.float32, gamma=(0.5, 1.5)):

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from capsv.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from capsv.models.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from capsv.models import SpeakerNet
 
 

@@ -18,7 +18,7 @@ import json
 import pytest
 
 from capsv.cli import main
-from capsv.data.synth import CorpusConfig
+from capsv.prep.synth.corpus import CorpusConfig
 from capsv.demo import DemoPlan, run_demo
 
 SYSTEMS = {"baseline: mean MFCC", "baseline: MFCC mean+std", "ResNetSE34L + TAP",

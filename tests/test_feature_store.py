@@ -1,4 +1,4 @@
-"""Disk-backed evaluation features (capsv.feature_store): the same scores as in memory, the
+"""Disk-backed evaluation features (capsv.evaluation.feature_store): the same scores as in memory, the
 TAP one-vector form, and cache folders that are reused only when whole and matching."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import torch
 
 from capsv import cli
 from capsv.api import SpeakerVerifier
-from capsv.checkpoint import load_model
-from capsv.evaluate import ScoreNorm, evaluate_list, extract_features
-from capsv.feature_store import IN_MEMORY, MANIFEST, FeatureCacheError, lock_folder
+from capsv.models.checkpoint import load_model
+from capsv.evaluation.pipeline import ScoreNorm, evaluate_list, extract_features
+from capsv.evaluation.feature_store import IN_MEMORY, MANIFEST, FeatureCacheError, lock_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -211,8 +211,8 @@ def test_a_cache_in_use_or_unusable_is_a_one_line_error(reference_dir, corpus, t
 
 def test_cohort_statistics_in_blocks_equal_the_whole_table():
     """AS-norm's (files, cohort) table is built a block of files at a time, never whole."""
-    from capsv.evaluate import FileFeatures, _cohort_side_stats, cohort_scores
-    from capsv.scorenorm import cohort_stats
+    from capsv.evaluation.pipeline import FileFeatures, _cohort_side_stats, cohort_scores
+    from capsv.evaluation.scorenorm import cohort_stats
 
     class Net:
         pairwise = False

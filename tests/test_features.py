@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from capsv.features import LogMelFrontEnd, mel_filterbank
+from capsv.models.features import LogMelFrontEnd, mel_filterbank
 
 
 def _reference_state(reference_dir):

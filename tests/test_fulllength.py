@@ -8,7 +8,7 @@ import torch
 
 from capsv import cli
 from capsv.api import SpeakerVerifier
-from capsv.pooling import CAP, SAP, TAP, cap_attention, cap_attention_masked, pad_frames
+from capsv.models.pooling import CAP, SAP, TAP, cap_attention, cap_attention_masked, pad_frames
 
 A, B = "id10003/vidC/00003.wav", "id10002/vidB/00002.wav"
 
@@ -85,7 +85,7 @@ def test_masked_attention_weights_match_and_ignore_padding():
 
 def test_unmasked_heads_still_match_the_reference(reference_dir):
     """The default path is unchanged: pooling the reference frames gives the reference outputs."""
-    from capsv.checkpoint import load_model
+    from capsv.models.checkpoint import load_model
     debug = reference_dir / "debug"
     net, _ = load_model(str(reference_dir / "ResNetSE34L_CAP.model"), "ResNetSE34L")
     frames_a = torch.from_numpy(np.load(debug / "ResNetSE34L_CAP.frames_A.npy"))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
 
-from capsv.metrics import MetricError, compute_eer, compute_metrics, compute_min_dcf, roc_points
+from capsv.evaluation.metrics import MetricError, compute_eer, compute_metrics, compute_min_dcf, roc_points
 
 
 def _random_scores(seed, n=400, ties=True):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from capsv.models import BACKBONES, SpeakerNet
-from capsv.pooling import POOLINGS
+from capsv.models.pooling import POOLINGS
 
 
 @pytest.mark.parametrize("name, reduction", [("ResNetSE34L", 4), ("ResNetSE34", 8)])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from capsv.pooling import CAP, SAP, TAP, cap_attention, cap_attention_literal
+from capsv.models.pooling import CAP, SAP, TAP, cap_attention, cap_attention_literal
 
 
 def _unit(shape, generator):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from capsv.pooling import CAP
+from capsv.models.pooling import CAP
 
 
 def _pair(seed: int, d: int = 24, e: int = 16):

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from capsv.features import LogMelFrontEnd
+from capsv.models.features import LogMelFrontEnd
 from capsv.precision import Scaler, autocast
 from capsv.train import train
 

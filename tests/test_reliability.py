@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from capsv import faults
-from capsv.checkpoint import read_checkpoint
+from capsv.models.checkpoint import read_checkpoint
 from capsv.train import TrainError, list_checkpoints, train
 
 from speech_like import make_corpus, write_train_list, write_trials

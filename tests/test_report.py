@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from capsv import cli
-from capsv.metrics import compute_eer, compute_metrics, compute_min_dcf
-from capsv.report import (det_curve, eer_point, min_dcf_point, plot_det, probit, write_comparison,
+from capsv.evaluation.metrics import compute_eer, compute_metrics, compute_min_dcf
+from capsv.evaluation.report import (det_curve, eer_point, min_dcf_point, plot_det, probit, write_comparison,
                           write_report)
 
 

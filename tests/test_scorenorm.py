@@ -7,8 +7,8 @@ import torch
 
 from capsv import cli
 from capsv.api import SpeakerVerifier
-from capsv.metrics import compute_eer
-from capsv.scorenorm import ScoreNormError, adaptive_snorm, asnorm_scores, cohort_stats
+from capsv.evaluation.metrics import compute_eer
+from capsv.evaluation.scorenorm import ScoreNormError, adaptive_snorm, asnorm_scores, cohort_stats
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

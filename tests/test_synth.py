@@ -13,10 +13,10 @@ import soundfile as sf
 
 from capsv.cli import main as cli_main
 from capsv.data.lists import read_train_list, read_trials
-from capsv.data.synth import (DONE, MANIFEST, QUICK_CORPUS, SPEAKER_TABLE, TEST, TRAIN_LIST,
+from capsv.prep.synth.corpus import (DONE, MANIFEST, QUICK_CORPUS, SPEAKER_TABLE, TEST, TRAIN_LIST,
                               TRIAL_LIST, CorpusConfig, SynthError, _lookalikes, generate_corpus,
                               plan_corpus, speaker_traits)
-from capsv.data.voice import SpeakingState, draw_speaker, synth_dry
+from capsv.prep.synth.voice import SpeakingState, draw_speaker, synth_dry
 
 # Three train and three test speakers, four 1-1.5 s clips each: under a second to generate.
 TINY = CorpusConfig(speakers=3, test_speakers=3, utterances=4, min_seconds=1.0, max_seconds=1.5,

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from capsv.checkpoint import split_reference_state
+from capsv.models.checkpoint import split_reference_state
 from capsv.cli import main as cli_main
 from capsv.commands import train as train_command
 from capsv.config import apply_config
 from capsv.data.dataset import TrainDataError
 from capsv.data.sampler import SamplerError
 from capsv.errors import CapsvError
-from capsv.evaluate import EvalInputError, evaluate_list
+from capsv.evaluation.pipeline import EvalInputError, evaluate_list
 from capsv.losses import Objective
 from capsv.models import SpeakerNet
 from capsv.train import (TrainConfig, TrainError, forward_batch, load_initial_model,

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from capsv.checkpoint import load_model
+from capsv.models.checkpoint import load_model
 from capsv.cli import legacy_main
 from capsv.train import train
 

@@ -17,10 +17,10 @@ import pytest
 from capsv.audio import load_audio
 from capsv.cli import main
 from capsv.commands.prepare import legacy_main
-from capsv.data.convert import decode_with_swresample
-from capsv.data.download import Downloader, RemoteFile, redact
+from capsv.prep.convert import decode_with_swresample
+from capsv.prep.download import Downloader, RemoteFile, redact
 from capsv.data.lists import read_train_list
-from capsv.data.voxceleb import VOXCELEB_FILES, make_plan, select_subsets
+from capsv.prep.voxceleb import VOXCELEB_FILES, make_plan, select_subsets
 from prep_helpers import FileServer, md5, tone, write_m4a, write_wav
 
 REPO = Path(__file__).resolve().parents[1]

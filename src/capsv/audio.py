@@ -30,23 +30,11 @@ import soundfile as sf
 from .errors import CapsvError
 from .special_files import not_regular
 
-SAMPLE_RATE = 16000
-HOP = 160
-INT16_SCALE = 32768.0
+from .protocol import HOP, INT16_SCALE, SAMPLE_RATE, crop_samples, frames_that_fit  # noqa: F401
 
 
 class AudioError(CapsvError):
     """An audio file that cannot be used; the message names the file and what to do."""
-
-
-def crop_samples(frames: int) -> int:
-    """Samples in a crop of ``frames`` frames (350 -> 56,240)."""
-    return frames * HOP + 240
-
-
-def frames_that_fit(n_samples: int) -> int:
-    """The largest crop, in frames, that ``n_samples`` hold whole (the inverse of crop_samples)."""
-    return max((n_samples - crop_samples(0)) // HOP, 0)
 
 
 def pad_each_side(n_samples: int, crop_len: int) -> int:

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .baseline import evaluate_baselines
-from .checkpoint import load_model
-from .data.synth import DEMO_CORPUS, SYNTH_VERSION, CorpusConfig, generate_corpus
-from .evaluate import evaluate_list
+from .evaluation.baseline import evaluate_baselines
+from .models.checkpoint import load_model
+from .prep.synth.corpus import DEMO_CORPUS, SYNTH_VERSION, CorpusConfig, generate_corpus
+from .evaluation.pipeline import evaluate_list
 from .precision import reduced_precision_is_fast
-from .report import write_comparison, write_report
+from .evaluation.report import write_comparison, write_report
 from .train import train
 from .utils import atomic_write_text, resolve_device
 

@@ -181,7 +181,7 @@ def wrap(net: nn.Module, objective: nn.Module, batch_size: int, per_group_bn: bo
 # --------------------------------------------------------------------------- evaluation
 def _file_features_of_share(net, paths, share, eval_frames, num_eval, device, workers):
     """{global file index: tensors on CPU} for this rank's ``share`` of ``paths``."""
-    from .evaluate import extract_features
+    from .evaluation.pipeline import extract_features
     feats = extract_features(net, [paths[i] for i in share], eval_frames, num_eval,
                              device=device, workers=workers, progress=False, keep_crops=False)
     out = {}
@@ -199,8 +199,8 @@ def evaluate_sharded(net, test_list: str, test_path: str, eval_frames: int, num_
     """Like :func:`capsv.evaluate.evaluate_list` (metrics as a dict), with the feature
     extraction split over the ranks. Every rank must call it; all of them get the metrics."""
     from .data.lists import read_trials
-    from .evaluate import FileFeatures, score_pairs, validate_inputs
-    from .metrics import compute_metrics
+    from .evaluation.pipeline import FileFeatures, score_pairs, validate_inputs
+    from .evaluation.metrics import compute_metrics
 
     trials = read_trials(test_list)
     files = validate_inputs(trials, test_path, test_list)

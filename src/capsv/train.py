@@ -42,17 +42,18 @@ import torch
 from tqdm import tqdm
 
 from . import allocator, audio, distributed, faults, precision
-from .checkpoint import (is_capsv, load_state_strict, read_checkpoint, save_checkpoint,
+from .models.checkpoint import (is_capsv, load_state_strict, read_checkpoint, save_checkpoint,
                          split_reference_state)
 from .data.dataset import TrainCrops, TrainList, build_augmenter, make_train_loader
 from .data.lists import read_trials
 from .data.sampler import SpeakerBatchSampler
 from .errors import CapsvError
-from .evaluate import evaluate_list, validate_inputs
+from .evaluation.pipeline import evaluate_list, validate_inputs
 from .losses import LOSSES, Embeddings, LossOutput, Objective
 from .models import BACKBONES, SpeakerNet
-from .pooling import POOLINGS
+from .models.pooling import POOLINGS
 from .utils import atomic_write_text, ensure_writable_dir, resolve_device
+from .protocol import EVAL_FRAMES, META_KEY as PROTOCOL_KEY, EvalProtocol
 from .runlock import run_lock
 from .workers import stop_workers, worker_error
 
@@ -176,7 +177,7 @@ class TrainConfig:
     # evaluation
     test_list: str | None = None
     test_path: str = "./data/voxceleb1"
-    eval_frames: int = 350
+    eval_frames: int = EVAL_FRAMES
     num_eval: int = 10
     on_bad_audio: str = "error"           # or "skip": see --on_bad_audio
     strict_audio: bool = False            # refuse audio that is not 16 kHz (else resampled)
@@ -1000,7 +1001,8 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
                 if evaluating and (epoch % cfg.test_interval == 0 or epoch == cfg.max_epoch):
                     metrics = _evaluate(cfg, net, device, progress, log, dist)
                     meta.update(eer_threshold=metrics["EER_threshold"], eer=metrics["EER"],
-                                min_dcf=metrics["minDCF_p0.05"], eval_epoch=epoch)
+                                min_dcf=metrics["minDCF_p0.05"], eval_epoch=epoch,
+                                **{PROTOCOL_KEY: EvalProtocol(cfg.eval_frames, cfg.num_eval).to_meta()})
                 meta.update(epoch=epoch, train_list_sha256=train_sha,
                             n_train_speakers=train_list.n_speakers)
                 # Log first: a kill before the checkpoint lands only leaves a row that the

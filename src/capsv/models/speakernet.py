@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..features import LogMelFrontEnd
-from ..pooling import POOLINGS
+from .features import LogMelFrontEnd
+from .pooling import POOLINGS
 from . import BACKBONES
 
 

@@ -24,7 +24,7 @@ import struct
 
 import numpy as np
 
-from .errors import CapsvError
+from ..errors import CapsvError
 
 
 class KaldiError(CapsvError):

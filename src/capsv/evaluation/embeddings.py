@@ -30,13 +30,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import __version__, kaldi_io
-from .audio import AUDIO_EXTENSIONS
-from .data.lists import read_wav_scp  # noqa: F401  (part of this module's interface)
-from .errors import CapsvError
-from .evaluate import extract_features
-from .models import SpeakerNet
-from .utils import atomic_path
+from .. import __version__
+from . import kaldi_io
+from ..audio import AUDIO_EXTENSIONS
+from ..data.lists import read_wav_scp  # noqa: F401  (part of this module's interface)
+from ..errors import CapsvError
+from .pipeline import extract_features
+from ..models import SpeakerNet
+from ..utils import atomic_path
+from ..protocol import EVAL_FRAMES
 
 
 
@@ -79,7 +81,7 @@ def find_audio(root: str) -> list[str]:
     return sorted(found)
 
 
-def embed_files(net: SpeakerNet, root: str, keys: list[str], eval_frames: int = 350,
+def embed_files(net: SpeakerNet, root: str, keys: list[str], eval_frames: int = EVAL_FRAMES,
                 num_eval: int = 10, device="cpu", workers: int = 0,
                 progress: bool = True, paths: list[str] | None = None) -> EmbeddingSet:
     """Embeddings (TAP/SAP) or frame features (CAP) of ``root/key`` for every key (or of

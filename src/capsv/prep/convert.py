@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 from ..utils import new_temp_beside
 from ..errors import CapsvError
+
+from ..protocol import SAMPLE_RATE
 from ..special_files import not_regular
 
-SAMPLE_RATE = 16000
 
 T = TypeVar("T")
 R = TypeVar("R")

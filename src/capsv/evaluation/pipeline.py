@@ -32,19 +32,21 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import allocator, faults, feature_store
+from .. import allocator, faults
+from . import feature_store
 from .cap_scoring import GroupedCapScorer
-from .audio import (SAMPLE_RATE, AudioError, audio_info, crop_samples, eval_crops, frames_that_fit,
+from ..audio import (SAMPLE_RATE, AudioError, audio_info, crop_samples, eval_crops, frames_that_fit,
                     load_audio, load_eval_crops)
-from .errors import CapsvError
+from ..errors import CapsvError
 from .feature_store import IN_MEMORY, FeatureStore, StoreWriter
-from .data.dataset import ignore_stop_signals
-from .data.lists import Trial, missing_files, read_audio_list, read_trials, trial_files
+from ..data.dataset import ignore_stop_signals
+from ..data.lists import Trial, missing_files, read_audio_list, read_trials, trial_files
 from .metrics import Metrics, compute_metrics
-from .models import SpeakerNet
-from .pooling import pad_frames
+from ..models import SpeakerNet
+from ..models.pooling import pad_frames
 from .scorenorm import adaptive_snorm, cohort_stats
-from .workers import stop_workers, worker_error
+from ..workers import stop_workers, worker_error
+from ..protocol import EVAL_FRAMES, NUM_EVAL
 
 
 class EvalInputError(CapsvError):
@@ -157,12 +159,12 @@ class EvalCrops(Dataset):
         if self.eval_frames <= 0 and len(wave) < MIN_FULL_LENGTH_SAMPLES:
             name = source if isinstance(source, str) else f"input {index}"
             raise AudioError(f"{name}: {len(wave)} samples is too short for whole-utterance "
-                             f"scoring (at least {MIN_FULL_LENGTH_SAMPLES}); use --eval_frames 350")
+                             f"scoring (at least {MIN_FULL_LENGTH_SAMPLES}); use --eval_frames {EVAL_FRAMES}")
         return index, torch.from_numpy(eval_crops(wave, self.eval_frames, self.num_eval))
 
 
 # The backbone divides time by up to 8 and the STFT's reflect padding needs n_fft/2 samples.
-MIN_FULL_LENGTH_SAMPLES = 8 * 160 + 240
+MIN_FULL_LENGTH_SAMPLES = crop_samples(8)
 
 
 def _batches_of_files(dataset: EvalCrops, files_per_batch: int, workers: int):
@@ -254,7 +256,7 @@ class FileFeatures:
 
 
 @torch.inference_mode()
-def extract_features(net: SpeakerNet, paths: list, eval_frames: int = 350, num_eval: int = 10,
+def extract_features(net: SpeakerNet, paths: list, eval_frames: int = EVAL_FRAMES, num_eval: int = NUM_EVAL,
                      device: torch.device | str = "cpu", workers: int = 0,
                      files_per_batch: int = 4, progress: bool = True, *,
                      keep_crops: bool = True, cache: str | None = IN_MEMORY,
@@ -501,8 +503,8 @@ class ScoreNorm:
     top_n: int = 300
 
 
-def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: int = 350,
-                  num_eval: int = 10, device: torch.device | str = "cpu", workers: int = 0,
+def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: int = EVAL_FRAMES,
+                  num_eval: int = NUM_EVAL, device: torch.device | str = "cpu", workers: int = 0,
                   progress: bool = True, score_norm: ScoreNorm | None = None,
                   on_bad_audio: str = "error", eval_cache: str | None = None) -> EvalResult:
     """Score every trial of ``test_list`` (spec §5).

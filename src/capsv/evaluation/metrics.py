@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CapsvError
+from ..errors import CapsvError
 
 
 class MetricError(CapsvError):

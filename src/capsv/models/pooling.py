@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import Registry
+from ..registry import Registry
 
 POOLINGS: Registry[nn.Module] = Registry("pooling (--encoder_type)")
 

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .metrics import _check, compute_metrics, roc_points
-from .utils import atomic_path, atomic_write_text
+from ..utils import atomic_path, atomic_write_text
 
 TICKS = np.array([0.01, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 95]) / 100.0
 COLORS = ["#1f5fa8", "#d1495b", "#2a9d5c", "#e39b2d", "#6a4c93", "#3d3d3d"]

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .errors import CapsvError
-from .special_files import not_regular
-from .models import SpeakerNet
-from .utils import atomic_torch_save
+from .. import __version__
+from ..errors import CapsvError
+from ..special_files import not_regular
+from . import SpeakerNet
+from ..utils import atomic_torch_save
 
 FORMAT = "capsv"
 FORMAT_VERSION = 1

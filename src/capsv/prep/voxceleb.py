@@ -26,7 +26,7 @@ from .archive import concatenate, extract_archive
 from .convert import ConvertReport, convert_tree
 from .download import (STATE_DIR, Credentials, Downloader, RemoteFile, file_md5, is_verified,
                        mark_verified, set_aside)
-from .lists import ListError, missing_files, read_trials
+from ..data.lists import ListError, missing_files, read_trials
 
 # The paper's README fetched the parts from the Oxford VGG site with basic auth. The host has
 # moved since (KAIST mirror, then access-key URLs): pass --base_url for the current one.

@@ -13,6 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+from ..protocol import HOP, SAMPLE_RATE
+
+
 def hz_to_mel_htk(freq: float) -> float:
     return 2595.0 * math.log10(1.0 + freq / 700.0)
 
@@ -37,8 +40,8 @@ class LogMelFrontEnd(nn.Module):
     A crop of ``F*160 + 240`` samples gives ``F + 2`` frames. No gradient flows through it.
     """
 
-    def __init__(self, sample_rate: int = 16000, n_fft: int = 512, win_length: int = 400,
-                 hop_length: int = 160, f_min: float = 0.0, f_max: float = 8000.0,
+    def __init__(self, sample_rate: int = SAMPLE_RATE, n_fft: int = 512, win_length: int = 400,
+                 hop_length: int = HOP, f_min: float = 0.0, f_max: float = 8000.0,
                  n_mels: int = 64, floor: float = 1e-6, norm_eps: float = 1e-5):
         super().__init__()
         self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length

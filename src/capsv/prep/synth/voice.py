@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SR = 16000
+from ...protocol import SAMPLE_RATE
+
+SR = SAMPLE_RATE
 N_FFT = 512
 HOP = 128                     # control rate: one frame of parameters per 8 ms
 N_FORMANTS = 5

@@ -33,7 +33,7 @@ from typing import Iterator, Mapping
 import numpy as np
 import torch
 
-from .errors import CapsvError
+from ..errors import CapsvError
 
 IN_MEMORY = ":memory:"        # eval_cache value: keep the features in RAM (no files)
 FORMAT_VERSION = 1
@@ -236,7 +236,7 @@ class StoreWriter:
             self.lock.close()
 
     def _write_manifest(self) -> None:
-        from .utils import atomic_path, atomic_write_text
+        from ..utils import atomic_path, atomic_write_text
         with atomic_path(os.path.join(self.folder, SHAPES)) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **self.shapes)

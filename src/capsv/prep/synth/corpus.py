@@ -43,12 +43,13 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from ..errors import CapsvError
-from ..utils import atomic_path, atomic_write_text
+from ...errors import CapsvError
+
+from ...protocol import SAMPLE_RATE
+from ...utils import atomic_path, atomic_write_text
 from .channel import apply_channel, draw_channel
 from .voice import SpeakerTraits, draw_speaker, draw_speaking_state, synth_dry
 
-SAMPLE_RATE = 16000
 SYNTH_VERSION = 2            # 2: stronger session EQ (channel.draw_channel)
 MANIFEST = "synth_manifest.json"
 DONE = "synth.done"

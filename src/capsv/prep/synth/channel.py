@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SR = 16000
+from ...protocol import SAMPLE_RATE
+
+SR = SAMPLE_RATE
 INT16_MAX = 32767
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import CapsvError
+from ..errors import CapsvError
 
 STD_FLOOR = 1e-8  # a cohort whose top scores are all equal must not divide by zero
 
