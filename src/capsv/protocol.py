@@ -73,7 +73,7 @@ def protocol_of(meta: dict | None, source: str = "checkpoint") -> EvalProtocol:
     stored = EvalProtocol.from_meta((meta or {}).get(META_KEY))
     if stored is not None:
         return stored
-    if (meta or {}).get("threshold") is not None:
+    if (meta or {}).get("eer_threshold") is not None:
         log.warning("%s: no evaluation protocol stored with its threshold (written by an older "
                  "capsv); assuming the paper's %s", source, PAPER.describe())
     return PAPER
