@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,3 +185,32 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(corpus, tmp_p
     rank0 = torch.load(done / "rank0.pt", weights_only=True)
     for name, value in _single_process_reference(config, epochs=2).items():
         torch.testing.assert_close(rank0[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_torchrun_evaluation_skips_bad_audio_like_one_process(corpus, tmp_path):
+    """--on_bad_audio skip under torchrun: the bad test file and its trials are left out at
+    evaluation time, as in one process (it once ran the checks with 'error' and stopped), and
+    the EER equals the single-process evaluation of the same checkpoint."""
+    torch.set_num_threads(1)
+    test = tmp_path / "test"
+    shutil.copytree(corpus / "test", test)
+    (test / "heldout_bad.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio at all")
+    good = (corpus / "trials.txt").read_text().splitlines()
+    files = sorted({path for line in good for path in line.split()[1:]})
+    trials = tmp_path / "trials.txt"
+    trials.write_text("\n".join(good + [f"1 {files[0]} heldout_bad.wav",
+                                         f"0 heldout_bad.wav {files[-1]}"]) + "\n")
+    config = dict(_config(corpus), test_list=str(trials), test_path=str(test), test_interval=1,
+                  on_bad_audio="skip")
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    log = _torchrun(config, run, 1, out)
+    assert "heldout_bad.wav" in log
+    rows = [json.loads(line) for line in open(run / "result/metrics.jsonl")]
+    ckpt = torch.load(run / "model/model000000001.model", weights_only=True)
+    net = SpeakerNet("ResNetSE34L", "CAP", 16)
+    net.load_state_dict(ckpt["model"])
+    single = evaluate_list(net, str(trials), str(test), 20, 2, progress=False, on_bad_audio="skip")
+    assert single.skipped_files == ["heldout_bad.wav"] and single.skipped_trials == 2
+    assert rows[0]["EER"] == pytest.approx(single.metrics.eer, abs=1e-9)
+    assert ckpt["meta"]["eer"] == pytest.approx(single.metrics.eer, abs=1e-9)

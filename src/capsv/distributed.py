@@ -17,16 +17,16 @@ What one process of N does (see ``capsv train --help``):
 - the plateau scheduler steps on the epoch loss averaged over all ranks (:func:`mean`);
 - only rank 0 writes checkpoints and logs and shows progress bars; every rank loads the same
   checkpoint when a run resumes;
-- evaluation: each rank extracts the features of every N-th test file, rank 0 gathers them and
-  scores the trials (:func:`evaluate_sharded`); extraction is per file, so the scores equal a
-  single process's.
+- evaluation: the one pipeline of ``capsv eval`` (:func:`capsv.evaluation.evaluate_list`, with
+  its input checks and ``--on_bad_audio``); each rank extracts the features of every N-th test
+  file and every rank gets all of them (:mod:`capsv.evaluation.sharded`); extraction is per
+  file, so the scores equal a single process's, and every rank records rank 0's metrics.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch import nn
@@ -178,55 +178,20 @@ def wrap(net: nn.Module, objective: nn.Module, batch_size: int, per_group_bn: bo
     return DistributedDataParallel(step, device_ids=ids, find_unused_parameters=find_unused)
 
 
-# --------------------------------------------------------------------------- evaluation
-def _file_features_of_share(net, paths, share, eval_frames, num_eval, device, workers):
-    """{global file index: tensors on CPU} for this rank's ``share`` of ``paths``."""
-    from .evaluation.pipeline import extract_features
-    feats = extract_features(net, [paths[i] for i in share], eval_frames, num_eval,
-                             device=device, workers=workers, progress=False, keep_crops=False)
-    out = {}
-    for local, index in enumerate(share):
-        if net.pairwise:
-            out[int(index)] = (feats.frames[local].cpu(), feats.proj[local].cpu())
-        else:
-            out[int(index)] = feats.mean_embedding(local).cpu()    # (E,): all scoring needs
-    return out
+def share_main_buffers(module: nn.Module, dist: Dist) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them
+    before each forward, but the last forward of an epoch leaves each rank with statistics
+    updated by its own batch; evaluation must use the ones rank 0 checkpoints."""
+    if dist.enabled:
+        for buffer in module.buffers():
+            torch_dist.broadcast(buffer, src=0)
 
 
-def evaluate_sharded(net, test_list: str, test_path: str, eval_frames: int, num_eval: int,
-                     dist: Dist, device: torch.device, workers: int = 0,
-                     progress: bool = False) -> dict | None:
-    """Like :func:`capsv.evaluate.evaluate_list` (metrics as a dict), with the feature
-    extraction split over the ranks. Every rank must call it; all of them get the metrics."""
-    from .data.lists import read_trials
-    from .evaluation.pipeline import FileFeatures, score_pairs, validate_inputs
-    from .evaluation.metrics import compute_metrics
-
-    trials = read_trials(test_list)
-    files = validate_inputs(trials, test_path, test_list)
-    paths = [os.path.normpath(os.path.join(test_path, f)) for f in files]
-    net = net.to(device)
-    share = list(range(dist.rank, len(paths), dist.world_size))
-    mine = _file_features_of_share(net, paths, share, eval_frames, num_eval, device, workers)
-    gathered = [None] * dist.world_size
-    torch_dist.all_gather_object(gathered, mine)
-    metrics = None
-    if dist.is_main:
-        feats = FileFeatures()
-        for part in gathered:
-            for index, value in part.items():
-                if net.pairwise and eval_frames > 0:
-                    feats.keep_cap(index, value[0].to(device), value[1].to(device), len(paths))
-                elif net.pairwise:
-                    feats.frames[index], feats.proj[index] = value[0].to(device), value[1].to(device)
-                else:
-                    feats.keep_mean(index, value.to(device), len(paths))
-        rel = {f: i for i, f in enumerate(files)}
-        pairs = np.array([(rel[t.path1], rel[t.path2]) for t in trials], dtype=np.int64)
-        scores = score_pairs(net, feats, pairs, progress=progress)
-        result = compute_metrics(scores, [t.label for t in trials])
-        metrics = {k: getattr(v, "item", lambda v=v: v)() for k, v in result.as_dict().items()}
-    box = [metrics]
+def from_main(obj, dist: Dist):
+    """Rank 0's ``obj`` on every rank (picklable objects)."""
+    if not dist.enabled:
+        return obj
+    box = [obj]
     torch_dist.broadcast_object_list(box, src=0)
     return box[0]
 

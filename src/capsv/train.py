@@ -49,6 +49,7 @@ from .data.lists import read_trials
 from .data.sampler import SpeakerBatchSampler
 from .errors import CapsvError
 from .evaluation.pipeline import evaluate_list, validate_inputs
+from .evaluation.sharded import sharded_extractor
 from .losses import LOSSES, Embeddings, LossOutput, Objective
 from .models import BACKBONES, SpeakerNet
 from .models.pooling import POOLINGS
@@ -814,16 +815,17 @@ def _describe_run(log: RunLog, cfg: TrainConfig, train_list: TrainList, sampler,
 def _evaluate(cfg: TrainConfig, net: SpeakerNet, device, progress: bool, log: RunLog,
               dist=distributed.Dist()) -> dict:
     log.info(f"evaluating on {cfg.test_list}")
-    if dist.enabled:
-        return distributed.evaluate_sharded(net, cfg.test_list, cfg.test_path, cfg.eval_frames,
-                                            cfg.num_eval, dist, device, cfg.nDataLoaderThread,
-                                            progress)
+    # One pipeline for one process and for torchrun; only the extraction is split over ranks.
+    extract = sharded_extractor(dist) if dist.enabled else None
+    distributed.share_main_buffers(net, dist)      # every rank extracts with rank 0's model
     result = evaluate_list(net, cfg.test_list, cfg.test_path, cfg.eval_frames, cfg.num_eval,
-                           device=device, workers=cfg.nDataLoaderThread, progress=progress,
-                           on_bad_audio=cfg.on_bad_audio)
+                           device=device, workers=cfg.nDataLoaderThread,
+                           progress=progress and dist.is_main, on_bad_audio=cfg.on_bad_audio,
+                           extract=extract)
     allocator.keep_freed_memory()       # evaluate_list returned freed blocks; steps reuse them
     # Plain Python numbers: numpy scalars would break weights_only loading of the checkpoint.
-    return {k: getattr(v, "item", lambda v=v: v)() for k, v in result.metrics.as_dict().items()}
+    metrics = {k: getattr(v, "item", lambda v=v: v)() for k, v in result.metrics.as_dict().items()}
+    return distributed.from_main(metrics, dist)     # every rank records rank 0's numbers
 
 
 def _write_checkpoint(path: str, what: str, cfg: TrainConfig, net, objective, optimizer,

@@ -226,6 +226,24 @@ class FileFeatures:
         self.mean_store[index] = mean
         self.mean_emb[index] = self.mean_store[index]
 
+    def rows(self) -> dict[int, dict[str, torch.Tensor]]:
+        """Each kept file's features as ``{"frames", "proj"}`` (CAP) or ``{"mean"}`` (TAP/SAP,
+        the (E,) mean unit crop embedding): what scoring needs, in the form :meth:`keep` takes."""
+        if self.frames:
+            return {i: {"frames": self.frames[i], "proj": self.proj[i]} for i in self.frames}
+        indices = self.mean_emb.keys() or self.emb.keys()
+        return {i: {"mean": self.mean_embedding(i)} for i in indices}
+
+    def keep(self, index: int, row: dict[str, torch.Tensor], capacity: int,
+             fixed_size: bool) -> None:
+        """Keep one file's features given as :meth:`rows` gives them."""
+        if "mean" in row:
+            self.keep_mean(index, row["mean"], capacity)
+        elif fixed_size:
+            self.keep_cap(index, row["frames"], row["proj"], capacity)
+        else:
+            self.frames[index], self.proj[index] = row["frames"], row["proj"]
+
     def mean_embedding(self, index: int) -> torch.Tensor:
         """(E,) mean unit crop embedding of file ``index`` (from ``emb`` when built by hand)."""
         return self.mean_emb[index] if index in self.mean_emb else self.emb[index].mean(dim=0)
@@ -506,14 +524,21 @@ class ScoreNorm:
 def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: int = EVAL_FRAMES,
                   num_eval: int = NUM_EVAL, device: torch.device | str = "cpu", workers: int = 0,
                   progress: bool = True, score_norm: ScoreNorm | None = None,
-                  on_bad_audio: str = "error", eval_cache: str | None = None) -> EvalResult:
+                  on_bad_audio: str = "error", eval_cache: str | None = None,
+                  extract=None) -> EvalResult:
     """Score every trial of ``test_list`` (spec §5).
 
     ``eval_cache``: where the features wait to be scored. ``None`` (default): a temporary disk
     store that vanishes with the process, so memory does not grow with the file count; a
     folder: kept there and reused by a rerun with the same model, protocol and files
     (:mod:`capsv.feature_store`); ``":memory:"``: in RAM (or on the GPU), as before.
+
+    ``extract``: how the files' features are computed, with :func:`extract_features`'s
+    signature (default: that function, in this process). Under torchrun it is
+    :func:`capsv.evaluation.sharded.sharded_extractor`: the same checks, skipping and scoring,
+    with the extraction split over the ranks.
     """
+    extract = extract_features if extract is None else extract
     # Freed blocks go back to the kernel (a fixed glibc mmap threshold): with the adaptive
     # one, retained heap grew with the number of files (capsv.allocator).
     allocator.return_freed_memory()
@@ -545,9 +570,9 @@ def evaluate_list(net: SpeakerNet, test_list: str, test_path: str, eval_frames: 
     rel_index = {f: i for i, f in enumerate(files)}
     pairs = np.array([(rel_index[t.path1], rel_index[t.path2]) for t in trials], dtype=np.int64)
     net = net.to(device)
-    feats = extract_features(net, paths, eval_frames, num_eval, device=device, workers=workers,
-                             progress=progress, keep_crops=False, cache=eval_cache,
-                             skip_bad=on_bad_audio == "skip")
+    feats = extract(net, paths, eval_frames, num_eval, device=device, workers=workers,
+                    progress=progress, keep_crops=False, cache=eval_cache,
+                    skip_bad=on_bad_audio == "skip")
     try:
         if feats.unreadable:                    # failed while decoding, after a good header
             trials, pairs, dropped = _drop_unreadable(feats.unreadable, files, trials, pairs,
