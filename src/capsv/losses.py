@@ -254,7 +254,7 @@ class Objective(nn.Module):
     """``--trainfunc`` loss plus the optional ``--global_clf`` term; holds their parameters."""
 
     def __init__(self, trainfunc: str, nOut: int, n_classes: int, global_clf: bool = False,
-                 margin: float = 0.1, scale: float = 30.0):
+                 margin: float = 0.1, scale: float = 30.0, global_weight: float = 1.0):
         super().__init__()
         if trainfunc not in LOSSES:
             raise LossConfigError(f"unknown --trainfunc '{trainfunc}'; choose one of: "
@@ -263,6 +263,7 @@ class Objective(nn.Module):
         self.main = LOSSES.build(trainfunc, nOut=nOut, n_classes=n_classes, margin=margin,
                                  scale=scale)
         self.global_clf = GlobalClassifier(n_classes, nOut) if global_clf else None
+        self.global_weight = float(global_weight)
 
     def check(self, pairwise: bool, per_speaker: int, encoder_type: str) -> None:
         """Raise :class:`LossConfigError` for a pooling/batch layout this loss cannot train."""
@@ -274,5 +275,5 @@ class Objective(nn.Module):
         total, global_logits = out.loss, None
         if self.global_clf is not None:
             parts["loss_g"], global_logits = self.global_clf(emb, labels)
-            total = total + parts["loss_g"]
+            total = total + self.global_weight * parts["loss_g"]
         return LossOutput(total, out.top1, out.logits, parts, global_logits)

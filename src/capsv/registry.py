@@ -33,5 +33,8 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def __iter__(self):
+        return iter(self.names())
+
     def __contains__(self, name: str) -> bool:
         return name in self._items

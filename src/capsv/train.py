@@ -42,17 +42,20 @@ import torch
 from tqdm import tqdm
 
 from . import allocator, audio, distributed, faults, precision
+from .budget import CLOCKS, EvalTimer, TrainBudget
 from .models.checkpoint import (is_capsv, load_state_strict, read_checkpoint, save_checkpoint,
                          split_reference_state)
 from .data.dataset import TrainCrops, TrainList, build_augmenter, make_train_loader
 from .data.lists import read_trials
 from .data.sampler import SpeakerBatchSampler
 from .errors import CapsvError
-from .evaluation.pipeline import evaluate_list, validate_inputs
+from .evaluation.pipeline import evaluate_list, validate_inputs, warn_if_crops_are_mostly_padding
 from .evaluation.sharded import sharded_extractor
 from .losses import LOSSES, Embeddings, LossOutput, Objective
 from .models import BACKBONES, SpeakerNet
 from .models.pooling import POOLINGS
+from .schedule import SCHEDULES, make_schedule
+from .eval_policy import EVAL_SHORT, choose_eval_frames
 from .utils import atomic_write_text, ensure_writable_dir, resolve_device
 from .protocol import EVAL_FRAMES, META_KEY as PROTOCOL_KEY, EvalProtocol
 from .runlock import run_lock
@@ -152,6 +155,7 @@ class TrainConfig:
     trainfunc: str = "proto"
     nSpeakers: int = 3
     global_clf: bool = False
+    global_clf_weight: float = 1.0        # weight of the global classifier's loss term
     margin: float = 0.1
     scale: float = 30.0
     # data
@@ -172,14 +176,23 @@ class TrainConfig:
     weight_decay: float | None = None     # None: 1e-4 for sgd, 0 for adam (the reference)
     patience: int | None = None           # None: 6 for sgd, 3 for adam (the reference)
     lr_decay: float = 0.95                # accepted for compatibility; unused, as in the reference
+    lr_schedule: str = "plateau"          # the paper's; or cosine (see capsv.schedule)
+    warmup: float = 0.05                  # cosine: share of the run spent warming up
+    final_lr: float = 0.01                # cosine: last LR as a share of --lr
     max_epoch: int = 500
+    max_steps: int = 0                    # 0: no limit (capsv.budget)
+    max_seconds: float = 0.0              # 0: no limit; training time only (capsv.budget)
+    budget_clock: str = "wall"            # or cpu: process CPU time (capsv.budget)
     test_interval: int = 5
+    eval_every_seconds: float = 0.0       # also evaluate mid-run this often (budget clock)
+    eval_every_steps: int = 0             # ... or every this many optimiser steps
     per_group_bn: bool = False
     # evaluation
     test_list: str | None = None
     test_path: str = "./data/voxceleb1"
     eval_frames: int = EVAL_FRAMES
     num_eval: int = 10
+    eval_short: str = "auto"              # or pad: see capsv.eval_policy
     on_bad_audio: str = "error"           # or "skip": see --on_bad_audio
     strict_audio: bool = False            # refuse audio that is not 16 kHz (else resampled)
     # files and runtime
@@ -218,6 +231,19 @@ class TrainConfig:
             if value not in registry:
                 raise TrainError(f"unknown {flag} '{value}'; choose one of: "
                                  f"{', '.join(registry.names())}")
+        for value, registry, flag in ((self.lr_schedule, SCHEDULES, "--lr_schedule"),
+                                      (self.budget_clock, CLOCKS, "--budget_clock"),
+                                      (self.eval_short, EVAL_SHORT, "--eval_short")):
+            if value not in registry:
+                raise TrainError(f"unknown {flag} '{value}'; choose one of: "
+                                 f"{', '.join(sorted(registry))}")
+        for name in ("max_steps", "max_seconds", "eval_every_seconds", "eval_every_steps",
+                     "global_clf_weight"):
+            if getattr(self, name) < 0:
+                raise TrainError(f"--{name} must be 0 or more, got {getattr(self, name)}")
+        if not (0 <= self.warmup < 1 and 0 <= self.final_lr <= 1):
+            raise TrainError(f"--warmup must be in [0, 1) and --final_lr in [0, 1], got "
+                             f"{self.warmup} and {self.final_lr}")
         if self.optimizer not in ("sgd", "adam"):
             raise TrainError(f"unknown --optimizer '{self.optimizer}'; choose sgd or adam")
         for name in ("max_frames", "batch_size", "nSpeakers", "max_epoch", "test_interval",
@@ -332,6 +358,7 @@ class TrainSummary:
     checkpoint: str | None
     resumed_from: str | None
     skipped_files: list = field(default_factory=list)   # bad audio left out (--on_bad_audio skip)
+    budget: dict = field(default_factory=dict)   # training seconds and steps spent, all runs
 
     @property
     def eer(self) -> float | None:
@@ -367,8 +394,9 @@ def make_optimizer(cfg: TrainConfig, params):
     else:
         wd = 0.0 if cfg.weight_decay is None else cfg.weight_decay
         optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, patience=cfg.default_patience, threshold=1e-4)
+    scheduler = make_schedule(cfg.lr_schedule, optimizer, base_lr=cfg.lr,
+                              patience=cfg.default_patience, warmup=cfg.warmup,
+                              final_lr=cfg.final_lr)
     return optimizer, scheduler
 
 
@@ -512,6 +540,7 @@ class RunLog:
         _remove_stale_temp_files(self.result_dir)
         self.scores = os.path.join(self.result_dir, "scores.txt")
         self.metrics = os.path.join(self.result_dir, "metrics.jsonl")
+        self.curve = os.path.join(self.result_dir, "curve.jsonl")
         self.writer = None
         if tensorboard:
             try:
@@ -586,13 +615,15 @@ def _train_step(net, objective, optimizer, waves, labels, cfg: TrainConfig, devi
 def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: int,
                     device: torch.device, progress: bool, step=None, scaler=None,
                     resume: EpochProgress | None = None, stop: StopSignals | None = None,
-                    dist=distributed.Dist()) -> EpochStats:
+                    dist=distributed.Dist(), after_step=None) -> EpochStats:
     """One pass over this process's batches. ``step``: the (DDP-wrapped) module of
     :func:`capsv.distributed.wrap`; ``scaler``: a :class:`capsv.precision.Scaler`.
 
     ``resume``: the progress of an interrupted pass of this epoch (the loader's sampler
     already skips the batches it covered). ``stop``: polled after every batch; once a signal
-    came, :class:`TrainStopped` carries the progress out instead of a finished epoch."""
+    came, :class:`TrainStopped` carries the progress out instead of a finished epoch.
+    ``after_step(position, total)``: called after every applied step; when it returns True
+    (the training budget is spent) the epoch ends there."""
     scaler = scaler or precision.Scaler(device, False)
     net.train()
     objective.train()
@@ -632,6 +663,8 @@ def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: 
                 done.seconds += time.time() - started
                 done.rng = rng_state()
                 raise TrainStopped(done, total, signum)
+            if applied and after_step is not None and after_step(done.position, total):
+                break
     except TrainStopped:
         raise
     except Exception as exc:           # a worker's error comes with its traceback: one line
@@ -652,14 +685,21 @@ def _show_progress(bar, done: EpochProgress, epoch: int, seconds: float) -> None
                     crops_per_s=f"{done.crops / max(seconds, 1e-9):.1f}")
 
 
-def _prepare_evaluation(cfg: TrainConfig, log: RunLog) -> bool:
-    """Check the trial list and its audio now, so a bad test set fails before training."""
+def _prepare_evaluation(cfg: TrainConfig, log: RunLog) -> int | None:
+    """Check the trial list and its audio now, so a bad test set fails before training.
+    Returns the eval_frames to evaluate with (``--eval_short``), None without a test list."""
     if not cfg.test_list:
         log.info("no --test_list: training without evaluation")
-        return False
+        return None
+    lengths: dict[str, int] = {}
     validate_inputs(read_trials(cfg.test_list), cfg.test_path, cfg.test_list, cfg.on_bad_audio,
-                    cfg.eval_frames)
-    return True
+                    lengths=lengths)
+    frames, note = choose_eval_frames(lengths.values(), cfg.eval_frames, cfg.eval_short)
+    if note:
+        log.info(f"note: {note}")
+    else:
+        warn_if_crops_are_mostly_padding(lengths, cfg.eval_frames, cfg.test_list)
+    return frames
 
 
 @dataclass
@@ -740,13 +780,14 @@ def _interrupted_checkpoint(save_path: str, epoch: int, plan: dict, log: RunLog)
 # What a resumed run does with a flag that differs from the run's (docs/reliability.md):
 # refused: the saved state or the objective would not fit (model, loss, optimiser kind);
 RESUME_REFUSED = ("model", "encoder_type", "nOut", "trainfunc", "global_clf", "optimizer",
-                  "margin", "scale")
+                  "margin", "scale", "lr_schedule")
 # kept from the checkpoint, with a warning: the optimiser's and the schedule's saved state
 # (the schedule may have lowered the LR since; a new value would break the resume);
 RESUME_KEPT = ("lr", "weight_decay", "patience")
 # silently applied: where and how the run executes, not what it computes;
 RESUME_FREE = ("nDataLoaderThread", "device", "no_progress", "tensorboard", "max_epoch",
-               "initial_model", "save_path", "compile")
+               "initial_model", "save_path", "compile", "max_steps", "max_seconds",
+               "budget_clock", "eval_every_seconds", "eval_every_steps")
 # every other flag: applied from now on, with a warning naming it.
 
 
@@ -813,12 +854,13 @@ def _describe_run(log: RunLog, cfg: TrainConfig, train_list: TrainList, sampler,
 
 
 def _evaluate(cfg: TrainConfig, net: SpeakerNet, device, progress: bool, log: RunLog,
-              dist=distributed.Dist()) -> dict:
+              dist=distributed.Dist(), eval_frames: int | None = None) -> dict:
+    eval_frames = cfg.eval_frames if eval_frames is None else eval_frames
     log.info(f"evaluating on {cfg.test_list}")
     # One pipeline for one process and for torchrun; only the extraction is split over ranks.
     extract = sharded_extractor(dist) if dist.enabled else None
     distributed.share_main_buffers(net, dist)      # every rank extracts with rank 0's model
-    result = evaluate_list(net, cfg.test_list, cfg.test_path, cfg.eval_frames, cfg.num_eval,
+    result = evaluate_list(net, cfg.test_list, cfg.test_path, eval_frames, cfg.num_eval,
                            device=device, workers=cfg.nDataLoaderThread,
                            progress=progress and dist.is_main, on_bad_audio=cfg.on_bad_audio,
                            extract=extract)
@@ -826,6 +868,14 @@ def _evaluate(cfg: TrainConfig, net: SpeakerNet, device, progress: bool, log: Ru
     # Plain Python numbers: numpy scalars would break weights_only loading of the checkpoint.
     metrics = {k: getattr(v, "item", lambda v=v: v)() for k, v in result.metrics.as_dict().items()}
     return distributed.from_main(metrics, dist)     # every rank records rank 0's numbers
+
+
+def _log_curve(log: RunLog, budget: TrainBudget, epoch: int, metrics: dict, eval_frames: int,
+               num_eval: int) -> None:
+    """One row of ``result/curve.jsonl``: EER and minDCF against training time and steps."""
+    row = {"epoch": epoch, "steps": budget.steps, "train_seconds": round(budget.seconds, 3),
+           "clock": budget.clock, "eval_frames": eval_frames, "num_eval": num_eval, **metrics}
+    _append_atomic(log.curve, json.dumps(row) + "\n")
 
 
 def _write_checkpoint(path: str, what: str, cfg: TrainConfig, net, objective, optimizer,
@@ -942,12 +992,13 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
                          on_bad_audio=cfg.on_bad_audio)
     loader = make_train_loader(dataset, sampler, cfg.nDataLoaderThread,
                                pin_memory=device.type == "cuda")
-    evaluating = _prepare_evaluation(cfg, log)
+    eval_frames = _prepare_evaluation(cfg, log)
+    evaluating = eval_frames is not None
 
     seed_everything(cfg.seed)
     net = SpeakerNet(cfg.model, cfg.encoder_type, cfg.nOut).to(device)
     objective = Objective(cfg.trainfunc, cfg.nOut, train_list.n_speakers, cfg.global_clf,
-                          cfg.margin, cfg.scale).to(device)
+                          cfg.margin, cfg.scale, cfg.global_clf_weight).to(device)
     objective.check(net.pairwise, cfg.nSpeakers, cfg.encoder_type)
     optimizer, scheduler = make_optimizer(cfg, list(net.parameters()) + list(objective.parameters()))
     scaler = precision.Scaler(device, cfg.mixedprec)
@@ -972,17 +1023,56 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
     if dist.enabled:
         log.info(f"DistributedDataParallel over {dist.world_size} processes: a step takes "
                  f"{dist.world_size} batches of {cfg.batch_size} speakers (one per process)")
+    budget = TrainBudget.from_meta(cfg.max_seconds, cfg.max_steps, cfg.budget_clock, meta)
+    timer = EvalTimer(cfg.eval_every_seconds, cfg.eval_every_steps, budget)
+    if budget.limited:
+        log.info(budget.describe())
+        if cfg.budget_clock == "cpu" and cfg.nDataLoaderThread > 0:
+            log.info("note: the cpu clock counts this process only, not its "
+                     f"{cfg.nDataLoaderThread} loader worker(s); --nDataLoaderThread 0 counts all")
     if first_epoch > cfg.max_epoch:
         log.info(f"already at epoch {first_epoch - 1} >= --max_epoch {cfg.max_epoch}; nothing to do")
+    elif budget.exhausted:
+        log.info(f"the training budget is already spent ({budget.seconds:.0f} s, {budget.steps} "
+                 "steps); nothing to do. Raise --max_seconds/--max_steps to train on")
+
+    latest = {}                              # the newest evaluation, by budget steps
+
+    def evaluate_now(epoch: int) -> dict:
+        if latest.get("steps") == budget.steps:          # nothing trained since
+            return latest["metrics"]
+        budget.pause()                       # evaluation never counts against the budget
+        metrics = _evaluate(cfg, net, device, progress, log, dist, eval_frames)
+        if main:
+            _log_curve(log, budget, epoch, metrics, eval_frames, cfg.num_eval)
+        timer.mark()
+        latest.update(steps=budget.steps, metrics=metrics)
+        return metrics
+
+    def after_step(epoch: int, position: int, total: int) -> bool:
+        """Budget, per-step schedule and mid-run evaluation; True ends the epoch."""
+        budget.step_done()
+        scheduler.progress(budget.fraction((epoch - 1 + position / total) / cfg.max_epoch))
+        if budget.limited and distributed.max_int(int(budget.exhausted), dist, device):
+            return True                      # the final evaluation follows the epoch's end
+        if timer.enabled and distributed.max_int(int(timer.due()), dist, device):
+            evaluate_now(epoch)
+            net.train()
+            objective.train()
+            budget.start()
+        return False
 
     stats, metrics, ckpt = None, None, resumed_from
     previous = resumed.previous                     # never delete files capsv did not write
     seconds, crops = 0.0, 0
+    spent = budget.exhausted                        # from the checkpoint: the same on every rank
     faults.arm()
     epoch = first_epoch
     with StopSignals() as stop:
         try:
             for epoch in range(first_epoch, cfg.max_epoch + 1):
+                if spent:
+                    break
                 signum = stop.poll(dist, device)        # came during the last evaluation or save
                 if signum:
                     raise _stopped_between_epochs(signum, epoch, ckpt, log)
@@ -990,23 +1080,32 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
                 start = resumed.progress if epoch == first_epoch else None
                 sampler.set_epoch(epoch, start.position if start else 0)
                 dataset.set_epoch(epoch)
+                budget.start()
                 try:
                     stats = train_one_epoch(net, objective, optimizer, loader, cfg, epoch, device,
-                                            progress, step, scaler, start, stop, dist)
+                                            progress, step, scaler, start, stop, dist,
+                                            lambda pos, total: after_step(epoch, pos, total))
                 except TrainStopped as stopped:
+                    budget.pause()
+                    meta.update(budget=budget.as_meta())
                     raise _save_interrupted(cfg, stopped, net, objective, optimizer, scheduler,
                                             scaler, meta, previous, plan, dist, log) from None
                 distributed.reduce_epoch(stats, dist, device)   # the schedule sees the global loss
+                budget.pause()
+                # Every rank must agree (wall clocks differ): the evaluation below is collective.
+                spent = budget.limited and bool(distributed.max_int(int(budget.exhausted), dist, device))
                 seconds, crops = seconds + stats.seconds, crops + stats.crops
-                scheduler.step(stats.loss)
+                scheduler.epoch_end(stats.loss)
                 metrics = None
-                if evaluating and (epoch % cfg.test_interval == 0 or epoch == cfg.max_epoch):
-                    metrics = _evaluate(cfg, net, device, progress, log, dist)
+                last = epoch == cfg.max_epoch or spent
+                if evaluating and (epoch % cfg.test_interval == 0 or last):
+                    metrics = evaluate_now(epoch)
+                    # The protocol travels with the threshold: it is only valid under it.
                     meta.update(eer_threshold=metrics["EER_threshold"], eer=metrics["EER"],
                                 min_dcf=metrics["minDCF_p0.05"], eval_epoch=epoch,
-                                **{PROTOCOL_KEY: EvalProtocol(cfg.eval_frames, cfg.num_eval).to_meta()})
+                                **{PROTOCOL_KEY: EvalProtocol(eval_frames, cfg.num_eval).to_meta()})
                 meta.update(epoch=epoch, train_list_sha256=train_sha,
-                            n_train_speakers=train_list.n_speakers)
+                            n_train_speakers=train_list.n_speakers, budget=budget.as_meta())
                 # Log first: a kill before the checkpoint lands only leaves a row that the
                 # restart truncates and redoes; the other order would lose the row for good.
                 log.epoch(stats, metrics)
@@ -1015,6 +1114,9 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
                                                   scaler, meta, previous)
                 else:
                     ckpt = checkpoint_path(cfg.save_path, epoch)
+                if spent:
+                    log.info(f"training budget spent after epoch {epoch}: {budget.seconds:.0f} s "
+                             f"({budget.clock} clock), {budget.steps} steps")
             # A signal during the last evaluation or save: the run is complete, but the caller
             # (a shell loop, the demo's epoch loop) asked to stop and must hear of it.
             faults.pause_if("pause_after_run", lambda: stop.signum is not None)
@@ -1040,7 +1142,8 @@ def _train(cfg: TrainConfig, dist, device, wall_start: float) -> TrainSummary:
         loss=stats.loss if stats else None, acc=stats.acc if stats else None,
         lr=current_lr(optimizer), metrics=metrics, wall_time_s=time.time() - wall_start,
         samples_per_s=crops / seconds if seconds > 0 else 0.0,
-        checkpoint=ckpt, resumed_from=resumed_from, skipped_files=skipped_files)
+        checkpoint=ckpt, resumed_from=resumed_from, skipped_files=skipped_files,
+        budget=budget.as_meta())
 
 
 def _report_bad_files(dataset: TrainCrops, dist, log) -> list[str]:

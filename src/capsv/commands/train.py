@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     g.add_argument("--global_clf", action="store_true",
                    help="add the global classifier over all training speakers (the paper does)")
+    g.add_argument("--global_clf_weight", type=float,
+                   help="weight of the global classifier's term in the loss (default: %(default)s)")
     g.add_argument("--margin", type=float, help="margin of amsoftmax/aamsoftmax (default: %(default)s)")
     g.add_argument("--scale", type=float, help="scale of amsoftmax/aamsoftmax (default: %(default)s)")
 
@@ -84,9 +86,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "default: 6 for sgd, 3 for adam (as the original)")
     g.add_argument("--lr_decay", type=float,
                    help="accepted for compatibility; unused, as in the original script")
+    g.add_argument("--lr_schedule", choices=("plateau", "cosine"),
+                   help="plateau: the paper's (LR 10x lower after --patience epochs without "
+                        "improvement); cosine: warm-up, then a half cosine to --final_lr x --lr "
+                        "over the whole run, whichever of --max_epoch/--max_steps/--max_seconds "
+                        "ends it (default: %(default)s)")
+    g.add_argument("--warmup", type=float,
+                   help="cosine: share of the run with a linearly rising LR (default: %(default)s)")
+    g.add_argument("--final_lr", type=float,
+                   help="cosine: the last LR as a share of --lr (default: %(default)s)")
     g.add_argument("--max_epoch", type=int, help="stop after this epoch (default: %(default)s)")
+    g.add_argument("--max_steps", type=int,
+                   help="stop after this many optimiser steps in all, mid-epoch if need be, with "
+                        "a checkpoint and a final evaluation; the same result on any machine. "
+                        "0: no limit (default: %(default)s)")
+    g.add_argument("--max_seconds", type=float,
+                   help="stop after this many seconds of training (evaluation and checkpoints "
+                        "not counted), mid-epoch if need be, with a checkpoint and a final "
+                        "evaluation. A resumed run continues the same budget; raise it to train "
+                        "on. 0: no limit (default: %(default)s)")
+    g.add_argument("--budget_clock", choices=("wall", "cpu"),
+                   help="what --max_seconds counts: wall (elapsed time) or cpu (processor time "
+                        "of the training process, all threads; hardly affected by other load; "
+                        "use with --nDataLoaderThread 0) (default: %(default)s)")
     g.add_argument("--test_interval", type=int,
                    help="evaluate every this many epochs, and at --max_epoch (default: %(default)s)")
+    g.add_argument("--eval_every_seconds", type=float,
+                   help="also evaluate mid-run after every this many seconds of training "
+                        "(--budget_clock), to follow EER against training time in "
+                        "save_path/result/curve.jsonl. 0: off (default: %(default)s)")
+    g.add_argument("--eval_every_steps", type=int,
+                   help="also evaluate mid-run every this many optimiser steps (curve.jsonl). "
+                        "0: off (default: %(default)s)")
     g.add_argument("--max_bad_steps", type=int,
                    help="steps with a NaN/inf loss to skip (with a warning) per epoch before "
                         "stopping; such steps never touch the weights (default: %(default)s)")
@@ -110,6 +141,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensorboard", action="store_true",
                    help="also log to save_path/tensorboard (needs the tensorboard package)")
     add_eval_args(p)
+    p.add_argument("--eval_short", choices=("auto", "pad"),
+                   help="test files shorter than one --eval_frames crop: auto scores whole "
+                        "utterances when most files are that short (with a note); pad always "
+                        "uses the paper's zero-padded crops (default: %(default)s)")
     add_runtime_args(p)
     # One source of defaults: TrainConfig (also used by the Python API). Set on the actions,
     # not with set_defaults(), so capsv.config can still tell typed flags from defaults.

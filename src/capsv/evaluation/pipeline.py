@@ -54,12 +54,14 @@ class EvalInputError(CapsvError):
 
 
 def validate_inputs(trials: list[Trial], test_path: str, list_name: str = "trial list",
-                    on_bad_audio: str = "error", eval_frames: int | None = None) -> list[str]:
+                    on_bad_audio: str = "error", eval_frames: int | None = None,
+                    lengths: dict[str, int] | None = None) -> list[str]:
     """Distinct relative paths of the trials, after checking that each one is usable audio.
     With ``on_bad_audio="skip"`` unusable (not missing) files are warned about and left out.
-    With ``eval_frames``, warns when many files are shorter than one evaluation crop."""
+    With ``eval_frames``, warns when many files are shorter than one evaluation crop.
+    ``lengths`` (when given) receives each usable file's length in samples at 16 kHz."""
     files = trial_files(trials)
-    lengths: dict[str, int] = {}
+    lengths = {} if lengths is None else lengths
     bad = validate_files(files, test_path, list_name, on_bad_audio, lengths)
     if eval_frames is not None:
         warn_if_crops_are_mostly_padding(lengths, eval_frames, list_name)
