@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-import capsv.train as train_module
+import capsv.train.state as train_module   # where the run's network and objective are built
 from capsv.cli import main
 
 made = {}

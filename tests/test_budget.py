@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 
-from capsv.budget import EvalTimer, TrainBudget
+from capsv.train.budget import EvalTimer, TrainBudget
 from capsv.models.checkpoint import read_checkpoint
-from capsv.eval_policy import choose_eval_frames
-from capsv.schedule import CosineSchedule, PlateauSchedule
+from capsv.evaluation.policy import choose_eval_frames
+from capsv.train.schedule import CosineSchedule, PlateauSchedule
 from capsv.train import TrainConfig, TrainError, train
 
 from speech_like import make_corpus, write_train_list, write_trials

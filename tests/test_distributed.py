@@ -36,7 +36,7 @@ import torch
 from capsv.data.dataset import TrainCrops, TrainList
 from capsv.data.sampler import SpeakerBatchSampler
 from capsv.evaluation.pipeline import evaluate_list
-from capsv.losses import Objective
+from capsv.train.losses import Objective
 from capsv.models import SpeakerNet
 from capsv.train import TrainConfig, forward_batch, make_optimizer, seed_everything
 

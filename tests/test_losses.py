@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from capsv.losses import LOSSES, Embeddings, LossConfigError, Objective
+from capsv.train.losses import LOSSES, Embeddings, LossConfigError, Objective
 
 B, M, E, N_CLASSES = 4, 3, 8, 11
 

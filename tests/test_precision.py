@@ -7,7 +7,7 @@ import math
 import torch
 
 from capsv.models.features import LogMelFrontEnd
-from capsv.precision import Scaler, autocast
+from capsv.train.precision import Scaler, autocast
 from capsv.train import train
 
 from speech_like import make_corpus, write_train_list

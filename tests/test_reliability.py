@@ -373,7 +373,7 @@ def test_nan_loss_steps_are_skipped_up_to_max_bad_steps(data, tmp_path, capsys):
 
 def test_non_finite_weights_are_never_saved(data, tmp_path, monkeypatch):
     """Even if NaN got into the weights some other way, the epoch's checkpoint is refused."""
-    import capsv.train as train_module
+    import capsv.train.loop as train_module     # the loop calls train_one_epoch from here
 
     original = train_module.train_one_epoch
 

@@ -17,7 +17,7 @@ from capsv.data.dataset import TrainDataError
 from capsv.data.sampler import SamplerError
 from capsv.errors import CapsvError
 from capsv.evaluation.pipeline import EvalInputError, evaluate_list
-from capsv.losses import Objective
+from capsv.train.losses import Objective
 from capsv.models import SpeakerNet
 from capsv.train import (TrainConfig, TrainError, forward_batch, load_initial_model,
                          make_optimizer, train)

@@ -33,7 +33,7 @@ from .evaluation.baseline import evaluate_baselines
 from .models.checkpoint import load_model
 from .prep.synth.corpus import DEMO_CORPUS, SYNTH_VERSION, CorpusConfig, generate_corpus
 from .evaluation.pipeline import evaluate_list
-from .precision import reduced_precision_is_fast
+from .train.precision import reduced_precision_is_fast
 from .evaluation.report import write_comparison, write_report
 from .train import train
 from .utils import atomic_write_text, resolve_device

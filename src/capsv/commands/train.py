@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from ..distributed import from_env
-from ..losses import LOSSES
+from ..train.distributed import from_env
+from ..train.losses import LOSSES
 from ..train import TrainConfig, train
 from .common import add_eval_args, add_model_args, add_runtime_args
 

@@ -32,9 +32,10 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import CapsvError
-from .losses import Embeddings, LossOutput
-from .utils import resolve_device
+from ..errors import CapsvError
+from .losses import LossOutput
+from ..utils import resolve_device
+from .forward import forward_batch
 
 
 class DistributedError(CapsvError):
@@ -153,7 +154,6 @@ class TrainStep(nn.Module):
         self.batch_size, self.per_group_bn = batch_size, per_group_bn
 
     def forward(self, waves: torch.Tensor, labels: torch.Tensor):
-        from .train import forward_batch          # train imports this module
         out = forward_batch(self.net, self.objective, waves, labels, self.batch_size,
                             self.per_group_bn)
         # A plain tuple: DDP walks the output for tensors, and it does not know dataclasses.
@@ -194,21 +194,3 @@ def from_main(obj, dist: Dist):
     box = [obj]
     torch_dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-class QuietLog:
-    """The run log of ranks other than 0: they print nothing and write no file."""
-
-    metrics = None
-
-    def info(self, message: str) -> None:
-        pass
-
-    def header(self, cfg, note: str) -> None:
-        pass
-
-    def epoch(self, stats, metrics) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

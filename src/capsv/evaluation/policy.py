@@ -11,7 +11,7 @@ EER on trials holding one, 33 % on the others, with the same model). ``--eval_sh
 """
 from __future__ import annotations
 
-from .audio import SAMPLE_RATE, crop_samples
+from ..audio import SAMPLE_RATE, crop_samples
 
 EVAL_SHORT = {"auto": "whole utterances when most files are shorter than one crop",
               "pad": "always the paper's crops; short files are zero-padded"}

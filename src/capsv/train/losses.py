@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import CapsvError
-from .registry import Registry
+from ..errors import CapsvError
+from ..registry import Registry
 
 LOSSES: Registry[nn.Module] = Registry("loss (--trainfunc)")
 

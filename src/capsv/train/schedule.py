@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .registry import Registry
+from ..registry import Registry
 
 SCHEDULES = Registry("LR schedule")
 
