@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_eval_memory_scale.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_eval_memory_scale.py"
 
 
 def _bench():

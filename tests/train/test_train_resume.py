@@ -24,7 +24,7 @@ from capsv.train import train
 
 from speech_like import make_corpus, write_train_list, write_trials
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # One line of YAML; the command line below overrides its batch_size (5 -> 6).
 CONFIG_LINE = "{model: ResNetSE34L, encoder_type: CAP, nOut: 32, batch_size: 5, test_interval: 2}\n"

@@ -232,7 +232,7 @@ def test_one_line_yaml_config_and_command_line_override(tmp_path):
 
 
 def test_paper_configs_carry_the_seed_commands_values():
-    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
     for model in ("ResNetSE34L", "ResNetSE34"):
         for pooling in ("TAP", "SAP", "CAP"):
             args = _parse(["--config", os.path.join(root, f"{model}_{pooling}.yaml")])

@@ -43,7 +43,7 @@ from capsv.train import TrainConfig, forward_batch, make_optimizer, seed_everyth
 from speech_like import make_corpus, write_train_list, write_trials
 
 HERE = Path(__file__).resolve().parent
-SRC = HERE.parent / "src"
+SRC = HERE.parents[1] / "src"
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from capsv.data.lists import read_train_list
 from capsv.prep.voxceleb import VOXCELEB_FILES, make_plan, select_subsets
 from prep_helpers import FileServer, md5, tone, write_m4a, write_wav
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 USER, PASSWORD, KEY = "voxuser", "Pa55-w0rd-xyzzy", "key-0123456789abcdef"
 SPEAKERS = ["id00012", "id00015", "id00020"]
 CLIP_SECONDS = 0.4

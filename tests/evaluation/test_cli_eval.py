@@ -8,7 +8,7 @@ import soundfile as sf
 
 from capsv.cli import legacy_main, main
 
-REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def _copy_wavs(reference_dir, dest):

@@ -26,7 +26,7 @@ from capsv.train import TrainError, list_checkpoints, train
 
 from speech_like import make_corpus, write_train_list, write_trials
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MAX_EPOCH = 3
 
 

@@ -18,7 +18,7 @@ from capsv.data.dataset import (TrainCrops, TrainDataError, TrainList, build_aug
 from capsv.data.lists import ListError
 from capsv.data.sampler import SpeakerBatchSampler
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
 from bench_train_input import python_objects  # noqa: E402  (the bench's measure, shared)
 
 
