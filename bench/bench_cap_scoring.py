@@ -19,7 +19,9 @@ import torch.nn.functional as F
 
 from common import Timer, median, peak_rss_mb, row
 
-from capsv.evaluation.pipeline import FileFeatures, _score_cap_stored, score_pairs
+from capsv.evaluation.extract import FileFeatures
+
+from capsv.evaluation.scoring import _score_cap_stored, score_pairs
 from capsv.models.pooling import CAP
 
 

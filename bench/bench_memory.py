@@ -16,7 +16,9 @@ import torch
 
 from common import Timer, peak_rss_mb, row
 
-from capsv.evaluation.pipeline import FileFeatures, score_pairs
+from capsv.evaluation.extract import FileFeatures
+
+from capsv.evaluation.scoring import score_pairs
 from capsv.models.pooling import CAP
 
 

@@ -21,7 +21,8 @@ from capsv.models.checkpoint import save_checkpoint
 from capsv.cli import main as cli_main
 from capsv.data.lists import ListError, read_train_list, read_trials
 from capsv.errors import CapsvError
-from capsv.evaluation.pipeline import EvalInputError, evaluate_list
+from capsv.evaluation.inputs import EvalInputError
+from capsv.evaluation.pipeline import evaluate_list
 from capsv.models import SpeakerNet
 from capsv.train import train
 

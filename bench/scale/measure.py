@@ -267,7 +267,7 @@ def measure_eval(args, where: dict) -> None:
 def measure_scoring(args, where: dict) -> None:
     """Scoring an O- or E-size trial list from synthetic features of the real shapes.
 
-    TAP: capsv.evaluation.pipeline.score_pairs over the whole list (10 unit embeddings a file).
+    TAP: capsv.evaluation.scoring.score_pairs over the whole list (10 unit embeddings a file).
     CAP: capsv.evaluation.cap_scoring.GroupedCapScorer (what score_pairs uses for fixed crops) on the
     trials of a random sample of support files (~``--sample_trials`` trials), extrapolated
     linearly to the list. Every file's features are one shared tensor seen through a
@@ -278,7 +278,8 @@ def measure_scoring(args, where: dict) -> None:
 
     from capsv.evaluation.cap_scoring import GroupedCapScorer
     from capsv.data.lists import read_trials, trial_files
-    from capsv.evaluation.pipeline import FileFeatures, score_pairs
+    from capsv.evaluation.extract import FileFeatures
+    from capsv.evaluation.scoring import score_pairs
     from capsv.evaluation.metrics import compute_metrics
     from capsv.models.pooling import CAP
 

@@ -41,7 +41,9 @@ import torch
 from .audio import INT16_SCALE, SAMPLE_RATE, audio_info, resample, reset_rate_warnings
 from .models.checkpoint import is_capsv, load_model
 from .errors import CapsvError
-from .evaluation.pipeline import FileFeatures, extract_features, score_pairs, short_files_message
+from .evaluation.extract import FileFeatures, extract_features
+from .evaluation.scoring import score_pairs
+from .evaluation.inputs import short_files_message
 from .models import SpeakerNet
 from .utils import resolve_device
 from .protocol import EVAL_FRAMES, NUM_EVAL, protocol_of

@@ -1,6 +1,6 @@
 """The whole mission on a laptop: built-in corpus -> train CAP and TAP -> verify unseen speakers.
 
-``run_demo`` generates the procedural corpus (:mod:`capsv.data.synth`) if it is not there,
+``run_demo`` generates the procedural corpus (:mod:`capsv.prep.synth.corpus`) if it is not there,
 trains ResNetSE34L with CAP and with TAP on its training speakers for a fixed number of epochs
 (the full demo also stops early if a per-model time budget runs out, so it always ends),
 scores the held-out speakers' trials with both models and with two hand-made baselines

@@ -54,7 +54,7 @@ class ExportError(CapsvError):
 
 
 class DFTLogMelFrontEnd(nn.Module):
-    """:class:`~capsv.features.LogMelFrontEnd` with the STFT as a Conv1d over a DFT basis.
+    """:class:`~capsv.models.features.LogMelFrontEnd` with the STFT as a Conv1d over a DFT basis.
 
     Same input and output: waveform (B, samples), int16 scale -> (B, n_mels, frames).
     Reflect padding by n_fft/2, then a Conv1d whose 2 * (n_fft/2 + 1) kernels are the

@@ -13,7 +13,8 @@ from capsv.models.checkpoint import save_checkpoint, load_model
 from capsv.data.lists import read_trials
 from capsv.prep.synth.corpus import TRIAL_LIST, CorpusConfig, generate_corpus
 from capsv.errors import CapsvError
-from capsv.evaluation.pipeline import EvalInputError, evaluate_list
+from capsv.evaluation.inputs import EvalInputError
+from capsv.evaluation.pipeline import evaluate_list
 from capsv.models import SpeakerNet
 
 # 12 test speakers x 12 clips of 2-3 s, 600 trials (300 target / 300 non-target). One

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from capsv.evaluation import cap_scoring
 from capsv.evaluation.cap_scoring import GroupedCapScorer, projection_factor
-from capsv.evaluation.pipeline import FileFeatures, score_pairs
+from capsv.evaluation.extract import FileFeatures
+from capsv.evaluation.scoring import score_pairs
 from capsv.models.pooling import CAP
 
 

@@ -142,7 +142,7 @@ def _write_clips(root, seconds):
 
 def test_crops_longer_than_most_files_are_warned_about(tmp_path, capsys):
     from capsv.data.lists import read_trials
-    from capsv.evaluation.pipeline import validate_inputs
+    from capsv.evaluation.inputs import validate_inputs
     names = _write_clips(tmp_path, [1.5, 2.0, 2.5, 4.0])
     (tmp_path / "trials.txt").write_text(f"1 {names[0]} {names[2]}\n0 {names[1]} {names[3]}\n")
     trials = read_trials(str(tmp_path / "trials.txt"))

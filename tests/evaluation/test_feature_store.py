@@ -15,7 +15,8 @@ import torch
 from capsv import cli
 from capsv.api import SpeakerVerifier
 from capsv.models.checkpoint import load_model
-from capsv.evaluation.pipeline import ScoreNorm, evaluate_list, extract_features
+from capsv.evaluation.pipeline import ScoreNorm, evaluate_list
+from capsv.evaluation.extract import extract_features
 from capsv.evaluation.feature_store import IN_MEMORY, MANIFEST, FeatureCacheError, lock_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -211,7 +212,9 @@ def test_a_cache_in_use_or_unusable_is_a_one_line_error(reference_dir, corpus, t
 
 def test_cohort_statistics_in_blocks_equal_the_whole_table():
     """AS-norm's (files, cohort) table is built a block of files at a time, never whole."""
-    from capsv.evaluation.pipeline import FileFeatures, _cohort_side_stats, cohort_scores
+    from capsv.evaluation.extract import FileFeatures
+    from capsv.evaluation.pipeline import _cohort_side_stats
+    from capsv.evaluation.scoring import cohort_scores
     from capsv.evaluation.scorenorm import cohort_stats
 
     class Net:

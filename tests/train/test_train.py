@@ -16,7 +16,8 @@ from capsv.config import apply_config
 from capsv.data.dataset import TrainDataError
 from capsv.data.sampler import SamplerError
 from capsv.errors import CapsvError
-from capsv.evaluation.pipeline import EvalInputError, evaluate_list
+from capsv.evaluation.inputs import EvalInputError
+from capsv.evaluation.pipeline import evaluate_list
 from capsv.train.losses import Objective
 from capsv.models import SpeakerNet
 from capsv.train import (TrainConfig, TrainError, forward_batch, load_initial_model,

@@ -9,7 +9,7 @@ from ..audio import AUDIO_EXTENSIONS
 from ..models.checkpoint import load_model
 from ..data.lists import read_audio_list
 from ..evaluation.embeddings import embed_files, find_audio, read_wav_scp, write_embeddings
-from ..evaluation.pipeline import EvalInputError, validate_files, warn_if_crops_are_mostly_padding
+from ..evaluation.inputs import EvalInputError, validate_files, warn_if_crops_are_mostly_padding
 from ..protocol import EVAL_FRAMES
 from ..utils import resolve_device
 from .common import add_model_args, add_runtime_args

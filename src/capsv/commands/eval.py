@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from ..models.checkpoint import load_model
-from ..evaluation.pipeline import EvalInputError, ScoreNorm, evaluate_list
+from ..evaluation.inputs import EvalInputError
+from ..evaluation.pipeline import ScoreNorm, evaluate_list
 from ..utils import atomic_write_text, resolve_device
 from .common import add_eval_args, add_model_args, add_runtime_args
 

@@ -109,7 +109,7 @@ def cosine_scores(vectors: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 def _trial_vectors(test_list: str, test_path: str, feature: str):
     """(mean+std vectors of the list's files, (n_trials, 2) file-index pairs, labels)."""
-    from .pipeline import validate_inputs  # the evaluator's checks: missing / unusable files
+    from .inputs import validate_inputs  # the evaluator's checks: missing / unusable files
 
     trials = read_trials(test_list)
     files = validate_inputs(trials, test_path, test_list)

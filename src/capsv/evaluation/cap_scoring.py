@@ -55,7 +55,7 @@ def _groups(keys: np.ndarray):
 
 
 class GroupedCapScorer:
-    """Scores fixed-size CAP trials from the feature stores of :class:`capsv.evaluate.FileFeatures`.
+    """Scores fixed-size CAP trials from the feature stores of :class:`capsv.evaluation.pipeline.FileFeatures`.
 
     frames_store (n_files, N, D, T) backbone frames; proj_store (n_files, N, T, D) unit-norm
     meta-projections. The CAP module must be in eval mode (BatchNorm running statistics).
@@ -69,7 +69,7 @@ class GroupedCapScorer:
                  buffer_mb: float = DEFAULT_BUFFER_MB):
         self.frames, self.proj = frames_store, proj_store
         _, self.n, self.d, self.t = frames_store.shape
-        # The stores may be CPU memory maps of a disk store (capsv.feature_store) while the
+        # The stores may be CPU memory maps of a disk store (capsv.evaluation.feature_store) while the
         # head computes on a GPU: each file's features are then moved there as it is used.
         self.device = cap.fc.device
         # Crop means over tau: the summaries, then the logits, come out divided by tau.

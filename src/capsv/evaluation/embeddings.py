@@ -15,7 +15,7 @@ Formats, chosen by the output's extension:
   ``lengths`` (N,) (CAP; frames past a file's length are zero).
 - ``.ark`` (Kaldi, with ``.scp`` beside it): one float32 vector per key, TAP/SAP only, and
   ``<name>.norms`` (``<key> <norm>`` lines); writing needs the optional ``kaldiio`` package.
-  Read back through the ``.scp`` or the ``.ark`` by :mod:`capsv.kaldi_io`, which refuses
+  Read back through the ``.scp`` or the ``.ark`` by :mod:`capsv.evaluation.kaldi_io`, which refuses
   pickled entries and piped commands.
 
 Keys: the file's path relative to the folder or list root, or the utterance id of a Kaldi
@@ -35,7 +35,7 @@ from . import kaldi_io
 from ..audio import AUDIO_EXTENSIONS
 from ..data.lists import read_wav_scp  # noqa: F401  (part of this module's interface)
 from ..errors import CapsvError
-from .pipeline import extract_features
+from .extract import extract_features
 from ..models import SpeakerNet
 from ..utils import atomic_path
 from ..protocol import EVAL_FRAMES

@@ -49,14 +49,14 @@ def det_curve(scores, labels) -> tuple[np.ndarray, np.ndarray]:
 
 
 def eer_point(scores, labels) -> tuple[float, float]:
-    """(FAR, FRR) at the EER operating point of :func:`capsv.metrics.compute_eer`."""
+    """(FAR, FRR) at the EER operating point of :func:`capsv.evaluation.metrics.compute_eer`."""
     fpr, tpr, _ = roc_points(scores, labels)
     index = int(np.nanargmin(np.abs((1 - tpr) - fpr)))
     return float(fpr[index]), float(1 - tpr[index])
 
 
 def min_dcf_point(scores, labels, p_target: float = DCF_P) -> tuple[float, float, float]:
-    """(FAR, FRR, threshold) where :func:`capsv.metrics.compute_min_dcf` finds its minimum."""
+    """(FAR, FRR, threshold) where :func:`capsv.evaluation.metrics.compute_min_dcf` finds its minimum."""
     scores, labels = _check(scores, labels)
     order = np.argsort(scores, kind="stable")
     ordered = labels[order]

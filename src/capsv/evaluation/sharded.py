@@ -13,7 +13,7 @@ import torch
 import torch.distributed as torch_dist
 
 from .feature_store import IN_MEMORY
-from .pipeline import FileFeatures, extract_features
+from .extract import FileFeatures, extract_features
 
 
 def sharded_extractor(dist):

@@ -53,13 +53,13 @@ class TrainConfig:
     weight_decay: float | None = None     # None: 1e-4 for sgd, 0 for adam (the reference)
     patience: int | None = None           # None: 6 for sgd, 3 for adam (the reference)
     lr_decay: float = 0.95                # accepted for compatibility; unused, as in the reference
-    lr_schedule: str = "plateau"          # the paper's; or cosine (see capsv.schedule)
+    lr_schedule: str = "plateau"          # the paper's; or cosine (see capsv.train.schedule)
     warmup: float = 0.05                  # cosine: share of the run spent warming up
     final_lr: float = 0.01                # cosine: last LR as a share of --lr
     max_epoch: int = 500
-    max_steps: int = 0                    # 0: no limit (capsv.budget)
-    max_seconds: float = 0.0              # 0: no limit; training time only (capsv.budget)
-    budget_clock: str = "wall"            # or cpu: process CPU time (capsv.budget)
+    max_steps: int = 0                    # 0: no limit (capsv.train.budget)
+    max_seconds: float = 0.0              # 0: no limit; training time only (capsv.train.budget)
+    budget_clock: str = "wall"            # or cpu: process CPU time (capsv.train.budget)
     test_interval: int = 5
     eval_every_seconds: float = 0.0       # also evaluate mid-run this often (budget clock)
     eval_every_steps: int = 0             # ... or every this many optimiser steps
@@ -69,7 +69,7 @@ class TrainConfig:
     test_path: str = "./data/voxceleb1"
     eval_frames: int = EVAL_FRAMES
     num_eval: int = NUM_EVAL
-    eval_short: str = "auto"              # or pad: see capsv.eval_policy
+    eval_short: str = "auto"              # or pad: see capsv.evaluation.policy
     on_bad_audio: str = "error"           # or "skip": see --on_bad_audio
     strict_audio: bool = False            # refuse audio that is not 16 kHz (else resampled)
     # files and runtime

@@ -39,7 +39,8 @@ from typing import Callable
 from .. import allocator, audio, faults
 from ..data.dataset import TrainCrops, TrainList, build_augmenter, make_train_loader
 from ..data.lists import read_trials
-from ..evaluation.pipeline import evaluate_list, validate_inputs, warn_if_crops_are_mostly_padding
+from ..evaluation.pipeline import evaluate_list
+from ..evaluation.inputs import validate_inputs, warn_if_crops_are_mostly_padding
 from ..evaluation.policy import choose_eval_frames
 from ..evaluation.sharded import sharded_extractor
 from ..protocol import EvalProtocol, META_KEY as PROTOCOL_KEY

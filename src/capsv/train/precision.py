@@ -5,7 +5,7 @@
 - CPU: bfloat16 autocast (same exponent range as float32: no scaler). It is faster only on
   CPUs with bf16 instructions (AVX512-BF16/AMX); elsewhere it can be slower (see bench/).
 
-The log-mel front end always runs in float32 (``capsv.features`` disables autocast), only
+The log-mel front end always runs in float32 (``capsv.models.features`` disables autocast), only
 the backbone, pooling and loss run in reduced precision.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@
   ``--patience`` epochs without improvement). Steps once per epoch.
 - ``cosine``: linear warm-up over the first ``--warmup`` share of the run, then a half cosine
   from ``--lr`` down to ``--lr * --final_lr``. It follows the run's progress (the largest share
-  used of --max_epoch, --max_steps and --max_seconds, see :mod:`capsv.budget`) and is set
+  used of --max_epoch, --max_steps and --max_seconds, see :mod:`capsv.train.budget`) and is set
   after every optimiser step, so it fits any budget, including one in seconds.
 """
 from __future__ import annotations

@@ -149,7 +149,7 @@ def train_one_epoch(net, objective, optimizer, loader, cfg: TrainConfig, epoch: 
                     resume: EpochProgress | None = None, stop: StopSignals | None = None,
                     dist=distributed.Dist(), after_step=None) -> EpochStats:
     """One pass over this process's batches. ``step``: the (DDP-wrapped) module of
-    :func:`capsv.distributed.wrap`; ``scaler``: a :class:`capsv.precision.Scaler`.
+    :func:`capsv.train.distributed.wrap`; ``scaler``: a :class:`capsv.train.precision.Scaler`.
 
     ``resume``: the progress of an interrupted pass of this epoch (the loader's sampler
     already skips the batches it covered). ``stop``: polled after every batch; once a signal
