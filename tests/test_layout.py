@@ -73,12 +73,15 @@ def _imports_of(path: Path, module: str) -> set[str]:
             # "from pkg import submodule" names the submodule itself
             subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in MODULES]
             found |= set(subs) if subs and len(subs) == len(node.names) else {target} | set(subs)
-    return found - {module}
+    # A module reading its own package's attribute (``from .. import __version__``) is not a
+    # ring: the package is initialised before any of its modules.
+    ancestors = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
+    return found - {module} - ancestors
 
 
 def test_no_import_cycles():
-    """A ring of imports between modules (a package's ``__init__`` re-exporting its own
-    modules is not one: they never import the package back)."""
+    """No ring of imports between modules, lazy ones included (training and its distributed
+    part once imported each other)."""
     graph = {m: _imports_of(SRC / (m.replace(".", "/") + ".py") if (SRC / (m.replace(".", "/") + ".py")).exists()
                             else SRC / m.replace(".", "/") / "__init__.py", m) for m in MODULES}
     cycles = []
@@ -111,14 +114,22 @@ def test_no_module_is_too_long():
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
-def test_the_paper_protocol_is_spelled_in_one_place():
-    """350 (frames per evaluation crop) lives in capsv.protocol; elsewhere only in help text."""
+# Where the numbers may appear as something else: the stand-alone ONNX script (no capsv
+# imports, by design) checks the rate itself; the voice model's fricatives have a 350 Hz formant.
+NOT_THE_PROTOCOL = {"capsv/onnx_verify.py": (16000,), "capsv/prep/synth/voice.py": (350,)}
+
+
+def test_the_protocol_numbers_are_spelled_in_one_place():
+    """350 frames (the paper's crop) and 16000 Hz live in capsv.protocol; elsewhere only in
+    help text (commands/) and docstrings."""
     offenders = []
     for path in PACKAGE.rglob("*.py"):
+        name = path.relative_to(SRC).as_posix()
         if path.name == "protocol.py" or path.parent.name == "commands":
             continue          # protocol: the definition; commands: --help text
+        allowed = NOT_THE_PROTOCOL.get(name, ())
         tree = ast.parse(path.read_text())
-        offenders += [f"{path.relative_to(SRC)}:{n.lineno}" for n in ast.walk(tree)
-                      if isinstance(n, ast.Constant) and n.value in (350, 16000)
-                      and type(n.value) is int]
+        offenders += [f"{name}:{n.lineno}" for n in ast.walk(tree)
+                      if isinstance(n, ast.Constant) and type(n.value) is int
+                      and n.value in (350, 16000) and n.value not in allowed]
     assert not offenders, offenders

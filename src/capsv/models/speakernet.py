@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from .features import LogMelFrontEnd
 from .pooling import POOLINGS
-from . import BACKBONES
+from .backbones import BACKBONES
 
 
 class SpeakerNet(nn.Module):
