@@ -244,8 +244,16 @@ def test_short_inputs_warn_in_verify_embed_and_api(corpus, tap_model, reference_
     assert code == 0 and "1 of 2 files in " in out and "--eval_frames 0" in out
     sv = SpeakerVerifier.from_checkpoint(tap_model, model="ResNetSE34L", device="cpu",
                                          sample_rate=16000)
+    tone = np.ones(1600, np.int16) * 1000
+    with pytest.warns(UserWarning, match="100% of the inputs are shorter than one --eval_frames "
+                                         "350 crop .*: scoring whole utterances instead"):
+        auto = sv.embed(tone)
+    whole = SpeakerVerifier.from_checkpoint(tap_model, model="ResNetSE34L", device="cpu",
+                                            sample_rate=16000, eval_frames=0).embed(tone)
+    np.testing.assert_allclose(auto, whole, rtol=1e-5, atol=1e-6)
+    padded = SpeakerVerifier(sv.net, device="cpu", sample_rate=16000, eval_short="pad")
     with pytest.warns(UserWarning, match="1 of 1 inputs are shorter than one --eval_frames 350"):
-        sv.embed(np.ones(10, np.int16) * 1000)
+        assert not np.allclose(padded.embed(tone), whole, atol=1e-3)
 
 
 # ------------------------------------------------------------------ one config, Kaldi, training

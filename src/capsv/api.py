@@ -42,8 +42,9 @@ from .audio import INT16_SCALE, SAMPLE_RATE, audio_info, resample, reset_rate_wa
 from .models.checkpoint import is_capsv, load_model
 from .errors import CapsvError
 from .evaluation.extract import FileFeatures, extract_features
-from .evaluation.scoring import score_pairs
 from .evaluation.inputs import short_files_message
+from .evaluation.policy import EVAL_SHORT, choose_eval_frames
+from .evaluation.scoring import score_pairs
 from .models import SpeakerNet
 from .utils import resolve_device
 from .protocol import EVAL_FRAMES, NUM_EVAL, protocol_of
@@ -74,12 +75,15 @@ class SpeakerVerifier:
 
     Attributes: ``net`` (eval mode), ``pairwise`` (True for CAP), ``threshold`` (float or
     None), ``eval_frames``, ``num_eval``, ``device``, ``sample_rate`` (the rate of waveform
-    inputs given without one; None: each call must say).
+    inputs given without one; None: each call must say), ``eval_short``: ``"auto"`` scores
+    whole utterances in a call whose inputs are mostly shorter than one crop (zero-padding
+    would ruin their embeddings; a warning says so), ``"pad"`` always uses the crops.
     """
 
     def __init__(self, net: SpeakerNet, *, eval_frames: int = EVAL_FRAMES, num_eval: int = NUM_EVAL,
                  threshold: float | None = None, device: str | torch.device = "auto",
-                 input_scale: str = "auto", sample_rate: int | None = None):
+                 input_scale: str = "auto", sample_rate: int | None = None,
+                 eval_short: str = "auto"):
         if input_scale not in INPUT_SCALES:
             raise ValueError(f"input_scale must be one of {INPUT_SCALES}, got {input_scale!r}")
         if eval_frames < 0:
@@ -92,6 +96,9 @@ class SpeakerVerifier:
         self.threshold = None if threshold is None else float(threshold)
         self.input_scale = input_scale
         self.sample_rate = None if sample_rate is None else _checked_rate(sample_rate)
+        if eval_short not in EVAL_SHORT:
+            raise ValueError(f"eval_short must be one of {tuple(EVAL_SHORT)}, got {eval_short!r}")
+        self.eval_short = eval_short
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", model: str | None = None,
@@ -150,8 +157,8 @@ class SpeakerVerifier:
         for number, pair in enumerate(pairs):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
                 raise InputError(f"pair {number}: expected (a, b), got {type(pair).__name__}")
-        sources, index = self._collect([x for pair in pairs for x in pair], sample_rate)
-        feats = self._features(sources, progress)
+        sources, index, frames = self._collect([x for pair in pairs for x in pair], sample_rate)
+        feats = self._features(sources, progress, frames=frames)
         rows = np.array([(index[2 * k], index[2 * k + 1]) for k in range(len(pairs))],
                         dtype=np.int64).reshape(-1, 2)
         return score_pairs(self.net, feats, rows, progress=progress)
@@ -196,8 +203,8 @@ class SpeakerVerifier:
     def embed_many(self, xs: Sequence, crops: bool = False, progress: bool = False,
                    sample_rate: int | None = None, normalize: bool = True) -> list[np.ndarray]:
         """:meth:`embed` for a list of inputs, batched."""
-        sources, index = self._collect(list(xs), sample_rate)
-        feats = self._features(sources, progress, keep_crops=crops)
+        sources, index, frames = self._collect(list(xs), sample_rate)
+        feats = self._features(sources, progress, keep_crops=crops, frames=frames)
         return [self._embedding_of(feats, i, crops, normalize) for i in index]
 
     def _embedding_of(self, feats: FileFeatures, i: int, crops: bool,
@@ -213,14 +220,18 @@ class SpeakerVerifier:
 
     # -- inputs --------------------------------------------------------------------------
 
-    def _features(self, sources: list, progress: bool, keep_crops: bool = False) -> FileFeatures:
-        return extract_features(self.net, sources, self.eval_frames, self.num_eval,
+    def _features(self, sources: list, progress: bool, keep_crops: bool = False,
+                  frames: int | None = None) -> FileFeatures:
+        frames = self.eval_frames if frames is None else frames
+        return extract_features(self.net, sources, frames, self.num_eval,
                                 device=self.device, workers=0, progress=progress,
                                 keep_crops=keep_crops)
 
-    def _collect(self, inputs: list, sample_rate: int | None = None) -> tuple[list, list[int]]:
-        """Distinct sources (paths, or 16 kHz int16-scale float32 waveforms) and each input's
-        index; warns when inputs are shorter than one crop (as ``capsv eval``)."""
+    def _collect(self, inputs: list, sample_rate: int | None = None) -> tuple[list, list[int], int]:
+        """Distinct sources (paths, or 16 kHz int16-scale float32 waveforms), each input's
+        index and the eval_frames for this call: 0 (whole utterances) when most inputs are
+        shorter than one crop and ``eval_short="auto"`` (capsv.evaluation.policy), with a warning;
+        otherwise ``self.eval_frames``, warning when some inputs are short (as ``capsv eval``)."""
         default_rate = self.sample_rate if sample_rate is None else _checked_rate(sample_rate)
         reset_rate_warnings()             # each call says once per file what it resampled
         sources, seen, index, lengths = [], {}, [], {}
@@ -237,10 +248,12 @@ class SpeakerVerifier:
                     sources.append(wave)
                 seen[key] = len(sources) - 1
             index.append(seen[key])
-        message = short_files_message(lengths, self.eval_frames, "inputs")
+        frames, note = choose_eval_frames(lengths.values(), self.eval_frames, self.eval_short,
+                                          "inputs")
+        message = note or short_files_message(lengths, self.eval_frames, "inputs")
         if message:
             warnings.warn(message, UserWarning, stacklevel=4)
-        return sources, index
+        return sources, index, frames
 
 
 def _is_path(item) -> bool:

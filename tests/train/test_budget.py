@@ -56,6 +56,7 @@ def test_max_steps_stops_mid_epoch_with_a_checkpoint_a_curve_and_a_resumable_bud
     assert summary.metrics is not None and ckpt["meta"]["eval_epoch"] == 2
     # the cosine schedule reached its end: LR = final_lr x lr
     assert summary.lr == pytest.approx(0.002 * 0.01, rel=1e-6)
+    assert not list((run / "model").glob("curve*.model"))     # only when asked
 
     # Same command, larger budget: continues from the checkpoint, counting the 9 steps spent.
     summary = train(_config(data, run, max_steps=14, eval_every_steps=4, lr_schedule="cosine"))
@@ -144,3 +145,13 @@ def test_whole_utterances_only_when_most_files_are_short():
     assert choose_eval_frames([crop - 1] * 5 + [crop] * 5, 350) == (350, None)
     assert choose_eval_frames([crop - 1] * 10, 350, "pad") == (350, None)
     assert choose_eval_frames([100] * 3, 0) == (0, None)
+
+
+def test_curve_models_are_kept_at_each_point_without_a_test_list(data, tmp_path, one_thread):
+    run = tmp_path / "run"
+    train(_config(data, run, max_steps=7, eval_every_steps=3, keep_curve_models=True,
+                  test_list=None))
+    kept = sorted(p.name for p in (run / "model").glob("curve*.model"))
+    assert kept == ["curve000000003.model", "curve000000006.model"]
+    assert read_checkpoint(run / "model" / kept[1])["meta"]["budget"]["steps"] == 6
+    assert not (run / "result" / "curve.jsonl").exists()

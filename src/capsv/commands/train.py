@@ -118,6 +118,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval_every_steps", type=int,
                    help="also evaluate mid-run every this many optimiser steps (curve.jsonl). "
                         "0: off (default: %(default)s)")
+    g.add_argument("--keep_curve_models", action="store_true",
+                   help="at each --eval_every_seconds/--eval_every_steps point also save "
+                        "save_path/model/curve%%09d.model (the number: optimiser steps), to "
+                        "evaluate the learning curve's models afterwards")
     g.add_argument("--max_bad_steps", type=int,
                    help="steps with a NaN/inf loss to skip (with a warning) per epoch before "
                         "stopping; such steps never touch the weights (default: %(default)s)")

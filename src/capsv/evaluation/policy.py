@@ -26,15 +26,17 @@ def share_shorter(lengths, eval_frames: int) -> float:
     return sum(n < crop for n in lengths) / len(lengths)
 
 
-def choose_eval_frames(lengths, eval_frames: int, policy: str = "auto") -> tuple[int, str | None]:
-    """(the eval_frames to use, a note when it is not ``eval_frames``)."""
+def choose_eval_frames(lengths, eval_frames: int, policy: str = "auto",
+                       what: str = "test files") -> tuple[int, str | None]:
+    """(the eval_frames to use, a note when it is not ``eval_frames``); ``what`` names the
+    files in the note."""
     if policy not in EVAL_SHORT:
         raise ValueError(f"unknown eval_short policy {policy!r}; choose one of {', '.join(EVAL_SHORT)}")
     share = share_shorter(lengths, eval_frames)
     if policy == "pad" or share <= 0.5:
         return eval_frames, None
     seconds = crop_samples(eval_frames) / SAMPLE_RATE
-    return 0, (f"{share:.0%} of the test files are shorter than one --eval_frames {eval_frames} "
+    return 0, (f"{share:.0%} of the {what} are shorter than one --eval_frames {eval_frames} "
                f"crop ({seconds:.2f} s): scoring whole utterances instead (zero-padding them "
                "would ruin their embeddings; --eval_short pad keeps the paper's crops)")
 

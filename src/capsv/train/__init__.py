@@ -17,7 +17,8 @@ The package, in the order a run uses it:
 
 Evaluation during training is :mod:`capsv.evaluation`'s one pipeline.
 """
-from .checkpoints import checkpoint_path, interrupted_path, latest_checkpoint, list_checkpoints
+from .checkpoints import (checkpoint_path, curve_path, interrupted_path, latest_checkpoint,
+                          list_checkpoints)
 from .config import TrainConfig, TrainError, TrainSummary
 from .forward import forward_batch
 from .loop import EpochReport, train
@@ -31,5 +32,5 @@ __all__ = ["TrainConfig", "TrainSummary", "TrainError", "TrainInterrupted", "Tra
            "EpochReport", "EpochStats", "EpochProgress", "train", "train_one_epoch",
            "forward_batch", "make_optimizer", "current_lr", "load_initial_model",
            "check_resume_flags", "RESUME_REFUSED", "RESUME_KEPT", "RESUME_FREE",
-           "latest_checkpoint", "list_checkpoints", "checkpoint_path", "interrupted_path",
+           "latest_checkpoint", "list_checkpoints", "checkpoint_path", "curve_path", "interrupted_path",
            "rng_state", "set_rng_state", "seed_everything"]

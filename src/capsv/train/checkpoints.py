@@ -16,6 +16,11 @@ def checkpoint_path(save_path: str, epoch: int) -> str:
     return os.path.join(save_path, "model", "model%09d.model" % epoch)
 
 
+def curve_path(save_path: str, steps: int) -> str:
+    """The model kept at a mid-run evaluation point (``--keep_curve_models``)."""
+    return os.path.join(save_path, "model", f"curve{steps:09d}.model")
+
+
 def interrupted_path(save_path: str, epoch: int) -> str:
     """Where a run stopped by a signal during ``epoch`` saves its mid-epoch state."""
     return os.path.join(save_path, "model", "interrupted%09d.model" % epoch)

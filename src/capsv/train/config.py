@@ -63,6 +63,7 @@ class TrainConfig:
     test_interval: int = 5
     eval_every_seconds: float = 0.0       # also evaluate mid-run this often (budget clock)
     eval_every_steps: int = 0             # ... or every this many optimiser steps
+    keep_curve_models: bool = False       # also save model/curve%09d.model at those points
     per_group_bn: bool = False
     # evaluation
     test_list: str | None = None

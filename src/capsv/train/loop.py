@@ -229,8 +229,13 @@ class Run:
         if budget.limited and distributed.max_int(int(budget.exhausted), dist, device):
             return True                      # the final evaluation follows the epoch's end
         if self.timer.enabled and distributed.max_int(int(self.timer.due()), dist, device):
-            self.evaluate_now(epoch)
-            self.state.train_mode()
+            budget.pause()
+            if self.eval_frames is not None:
+                self.evaluate_now(epoch)
+                self.state.train_mode()
+            if self.cfg.keep_curve_models and self.main:
+                self.state.save_curve_model(epoch, budget.as_meta(), budget.steps)
+            self.timer.mark()
             budget.start()
         return False
 

@@ -16,8 +16,8 @@ from ..models import SpeakerNet
 from ..models.checkpoint import (is_capsv, load_state_strict, read_checkpoint, save_checkpoint,
                                  split_reference_state)
 from . import distributed, precision
-from .checkpoints import (CHECKPOINT_RE, checkpoint_path, interrupted_path, latest_checkpoint,
-                          remove_interrupted)
+from .checkpoints import (CHECKPOINT_RE, checkpoint_path, curve_path, interrupted_path,
+                          latest_checkpoint, remove_interrupted)
 from .config import TrainConfig, TrainError
 from .losses import Objective
 from .rng import rng_state, seed_everything, set_rng_state
@@ -92,7 +92,7 @@ RESUME_KEPT = ("lr", "weight_decay", "patience")
 # silently applied: where and how the run executes, not what it computes;
 RESUME_FREE = ("nDataLoaderThread", "device", "no_progress", "tensorboard", "max_epoch",
                "initial_model", "save_path", "compile", "max_steps", "max_seconds",
-               "budget_clock", "eval_every_seconds", "eval_every_steps")
+               "budget_clock", "eval_every_seconds", "eval_every_steps", "keep_curve_models")
 # every other flag: applied from now on, with a warning naming it.
 
 
@@ -235,15 +235,16 @@ class TrainState:
             set_rng_state(ckpt["rng"])
 
     # -- save ------------------------------------------------------------------------------
-    def write(self, path: str, what: str, **extra) -> None:
-        """Write a full training checkpoint atomically; never one with non-finite weights."""
+    def write(self, path: str, what: str, meta: dict | None = None, **extra) -> None:
+        """Write a full training checkpoint atomically (with ``meta``, default the run's);
+        never one with non-finite weights."""
         bad = [name for name, t in self.net.state_dict().items()
                if t.is_floating_point() and not torch.isfinite(t).all()]
         if bad:
             raise TrainError(f"{what}: non-finite weights in {', '.join(bad[:5])}; not writing "
                              f"{path}. The last good checkpoint is {self.previous or 'none'}")
         try:
-            save_checkpoint(path, self.net, self.meta, optimizer=self.optimizer.state_dict(),
+            save_checkpoint(path, self.net, self.meta if meta is None else meta, optimizer=self.optimizer.state_dict(),
                             scheduler=self.scheduler.state_dict(),
                             loss=self.objective.state_dict(), scaler=self.scaler.state_dict(),
                             rng=rng_state(), train_config=asdict(self.cfg), **extra)
@@ -267,6 +268,12 @@ class TrainState:
         remove_interrupted(cfg.save_path, epoch)
         self.previous = path
         return path
+
+    def save_curve_model(self, epoch: int, budget: dict, steps: int) -> None:
+        """``--keep_curve_models``: the model at a mid-run evaluation point, ``epoch`` in
+        progress (its meta says ``epoch - 1`` finished)."""
+        self.write(curve_path(self.cfg.save_path, steps), f"step {steps}",
+                   {**self.meta, "epoch": epoch - 1, "budget": budget})
 
     def save_interrupted(self, stopped: TrainStopped, plan: dict, dist, log) -> TrainInterrupted:
         """Rank 0 writes ``interrupted%09d.model``: the full training state plus every rank's
