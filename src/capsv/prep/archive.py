@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 from tqdm import tqdm
 
 from ..errors import CapsvError, os_error_message
+from ..utils import atomic_path
 from .download import ChecksumError
 
 # Maps an archive entry name (``/``-separated, already checked) to its path under the target
@@ -88,27 +89,22 @@ def _write_atomically(source, out_path: str, size: int, bar: tqdm | None,
                       archive: str = "", entry: str = "") -> None:
     """Copy ``source`` to ``out_path`` through ``out_path.capsv-tmp``, which never outlives a
     failure: a damaged archive (reading) and a full disk (writing) are each one clear error."""
-    tmp = out_path + ".capsv-tmp"
     try:
-        os.makedirs(os.path.dirname(out_path), exist_ok=True)
-        with open(tmp, "wb") as out:
-            while True:
-                block = _read_block(source, archive, entry)
-                if not block:
-                    break
-                out.write(block)
-                if bar is not None:
-                    bar.update(len(block))
-        if os.path.getsize(tmp) != size:
-            raise ArchiveError(f"{out_path}: wrote {os.path.getsize(tmp)} bytes, expected {size}")
-        os.replace(tmp, out_path)
+        with atomic_path(out_path, fsync=False, temp=out_path + ".capsv-tmp") as tmp:
+            with open(tmp, "wb") as out:
+                while True:
+                    block = _read_block(source, archive, entry)
+                    if not block:
+                        break
+                    out.write(block)
+                    if bar is not None:
+                        bar.update(len(block))
+            if os.path.getsize(tmp) != size:
+                raise ArchiveError(f"{out_path}: wrote {os.path.getsize(tmp)} bytes, expected {size}")
     except OSError as exc:             # writing: reading errors arrive as ArchiveError
         raise ArchiveError(f"cannot extract {entry or out_path}: {os_error_message(exc, out_path)}; "
                            "the files already extracted are kept: fix this and run --extract "
                            "again to continue") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _read_block(source, archive: str, entry: str) -> bytes:
@@ -268,25 +264,24 @@ def concatenate(parts: list[str], out_path: str, expected_md5: str | None = None
     (when given); on a mismatch the result is kept aside as ``out_path.bad``.
     """
     digest = hashlib.md5()
-    tmp = out_path + ".part"
     total = sum(os.path.getsize(p) for p in parts)
-    with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                                      desc=f"join {os.path.basename(out_path)}", file=sys.stderr,
-                                      disable=not progress) as bar:
-        for part in parts:
-            with open(part, "rb") as source:
-                for block in iter(lambda: source.read(1 << 22), b""):
-                    out.write(block)
-                    digest.update(block)
-                    bar.update(len(block))
-    md5 = digest.hexdigest()
-    if expected_md5 is not None and md5 != expected_md5:
-        bad = out_path + ".bad"
-        os.replace(tmp, bad)
-        names = ", ".join(os.path.basename(p) for p in parts)
-        raise ChecksumError(f"{os.path.basename(out_path)}: the joined file's md5 is {md5}, expected "
-                            f"{expected_md5}: a part is missing, partial or from another release "
-                            f"(joined: {names}). It was kept aside as {bad}; re-run with --download "
-                            "to check the parts, then --extract again")
-    os.replace(tmp, out_path)
+    with atomic_path(out_path, fsync=False, temp=out_path + ".part") as tmp:
+        with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                                          desc=f"join {os.path.basename(out_path)}",
+                                          file=sys.stderr, disable=not progress) as bar:
+            for part in parts:
+                with open(part, "rb") as source:
+                    for block in iter(lambda: source.read(1 << 22), b""):
+                        out.write(block)
+                        digest.update(block)
+                        bar.update(len(block))
+        md5 = digest.hexdigest()
+        if expected_md5 is not None and md5 != expected_md5:
+            bad = out_path + ".bad"
+            os.replace(tmp, bad)
+            names = ", ".join(os.path.basename(p) for p in parts)
+            raise ChecksumError(f"{os.path.basename(out_path)}: the joined file's md5 is {md5}, "
+                                f"expected {expected_md5}: a part is missing, partial or from "
+                                f"another release (joined: {names}). It was kept aside as {bad}; "
+                                "re-run with --download to check the parts, then --extract again")
     return md5

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from ..errors import CapsvError
+from ..utils import atomic_write_text
 
 STATE_DIR = ".capsv"
 CHUNK = 256 * 1024
@@ -160,9 +161,7 @@ def mark_verified(dest: str, name: str, md5: str) -> None:
     marker = _marker(dest, name)
     os.makedirs(os.path.dirname(marker), exist_ok=True)
     size = os.path.getsize(os.path.join(dest, name))
-    with open(marker + ".tmp", "w", encoding="utf-8") as f:
-        f.write(f"{md5} {size}\n")
-    os.replace(marker + ".tmp", marker)
+    atomic_write_text(marker, f"{md5} {size}\n")
 
 
 def set_aside(path: str, bad: str | None = None) -> str:
