@@ -35,7 +35,7 @@ from ..protocol import EVAL_FRAMES, NUM_EVAL
 from .extract import FileFeatures, extract_features
 from .inputs import EvalInputError, validate_files, validate_inputs
 from .metrics import Metrics, compute_metrics
-from .scorenorm import adaptive_snorm, cohort_stats
+from .scorenorm import cohort_stats, normalise_pairs
 from .scoring import cohort_scores, score_pairs
 
 
@@ -143,8 +143,7 @@ def _score_list(net: SpeakerNet, feats: FileFeatures, trials: list[Trial], files
     mean, std = np.full(len(files), np.nan), np.full(len(files), np.nan)
     mean[file_ids], std[file_ids] = _cohort_side_stats(net, feats, file_ids, cohort_ids,
                                                        score_norm.top_n, progress)
-    normed = adaptive_snorm(scores, mean[pairs[:, 0]], std[pairs[:, 0]],
-                            mean[pairs[:, 1]], std[pairs[:, 1]])
+    normed = normalise_pairs(scores, pairs, mean, std)
     return EvalResult(trials, normed, compute_metrics(normed, labels),
                       raw_scores=scores, raw_metrics=compute_metrics(scores, labels),
                       skipped_files=skipped, skipped_trials=n_listed - len(trials))

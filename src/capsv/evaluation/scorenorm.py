@@ -46,6 +46,16 @@ def adaptive_snorm(scores, enroll_mean, enroll_std, test_mean, test_std) -> np.n
     return 0.5 * ((scores - enroll_mean) / enroll_std + (scores - test_mean) / test_std)
 
 
+def normalise_pairs(scores, pairs: np.ndarray, file_mean: np.ndarray,
+                    file_std: np.ndarray) -> np.ndarray:
+    """AS-norm of trial ``scores`` (T,) from per-file cohort statistics: ``pairs`` (T, 2) are
+    the trials' (enrolment, test) file indices into ``file_mean`` / ``file_std`` (N,) (from
+    :func:`cohort_stats`). ``capsv eval`` and ``capsv score`` both normalise through here."""
+    pairs = np.asarray(pairs)
+    return adaptive_snorm(scores, file_mean[pairs[:, 0]], file_std[pairs[:, 0]],
+                          file_mean[pairs[:, 1]], file_std[pairs[:, 1]])
+
+
 def asnorm_scores(scores, enroll_cohort: np.ndarray, test_cohort: np.ndarray, top_n: int) -> np.ndarray:
     """Normalise trial scores given each trial's (T, C) enrolment-side and test-side cohort scores."""
     e_mean, e_std = cohort_stats(enroll_cohort, top_n)
