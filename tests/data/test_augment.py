@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 from capsv.cli import main
-from capsv.data.augment import (Augmenter, AugmentError, add_speed_speakers, convolve_rir,
-                                speaker_speed, speed_input_length, speed_perturb)
+from capsv.data.augment import Augmenter, AugmentError, convolve_rir
+from capsv.data.speed import add_speed_speakers, speaker_speed, speed_input_length, speed_perturb
 from prep_helpers import FileServer, md5, tone
 
 RATE = 16000

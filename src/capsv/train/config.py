@@ -43,6 +43,7 @@ class TrainConfig:
     max_seg_per_spk: int = 100
     nDataLoaderThread: int = 5
     augment: bool = False
+    speed_perturb: bool = False           # 0.9x / 1.1x copies as new speakers (capsv.data.speed)
     musan_path: str = ""
     rir_path: str = ""
     seed: int = 0

@@ -46,6 +46,7 @@ from ..evaluation.sharded import sharded_extractor
 from ..protocol import EvalProtocol, META_KEY as PROTOCOL_KEY
 from ..runlock import run_lock
 from ..data.sampler import SpeakerBatchSampler
+from ..data.speed import SPEEDS
 from ..utils import ensure_writable_dir
 from . import distributed, precision
 from .budget import EvalTimer, TrainBudget
@@ -148,13 +149,15 @@ class Run:
 
     def _read_data(self) -> None:
         cfg, dist = self.cfg, self.dist
-        self.train_list = TrainList.read(cfg.train_list, cfg.train_path)
+        self.train_list = TrainList.read(cfg.train_list, cfg.train_path,
+                                         speeds=SPEEDS if cfg.speed_perturb else ())
         self.sampler = SpeakerBatchSampler(self.train_list.labels, cfg.batch_size, cfg.nSpeakers,
                                            cfg.max_seg_per_spk, seed=cfg.seed, rank=dist.rank,
                                            world_size=dist.world_size)
         augment = build_augmenter(cfg.musan_path, cfg.rir_path) if cfg.augment else None
         self.dataset = TrainCrops(self.train_list.paths, self.train_list.labels, cfg.max_frames,
-                                  cfg.seed, augment, on_bad_audio=cfg.on_bad_audio)
+                                  cfg.seed, augment, on_bad_audio=cfg.on_bad_audio,
+                                  speeds=self.train_list.speeds if cfg.speed_perturb else None)
         self.loader = make_train_loader(self.dataset, self.sampler, cfg.nDataLoaderThread,
                                         pin_memory=self.device.type == "cuda")
         self.train_sha = self.train_list.sha256()

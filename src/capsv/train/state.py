@@ -77,15 +77,18 @@ class Resumed:
 def epoch_plan(cfg: TrainConfig, world_size: int, train_list_sha256: str) -> dict:
     """What decides which batches a process gets in an epoch: a position within an epoch
     only means something to a run where all of it is the same."""
-    return {"world_size": world_size, "batch_size": cfg.batch_size, "nSpeakers": cfg.nSpeakers,
+    plan = {"world_size": world_size, "batch_size": cfg.batch_size, "nSpeakers": cfg.nSpeakers,
             "max_seg_per_spk": cfg.max_seg_per_spk, "seed": cfg.seed,
             "train_list_sha256": train_list_sha256}
+    if cfg.speed_perturb:      # only when on: plans saved before the flag existed still match
+        plan["speed_perturb"] = True
+    return plan
 
 
 # What a resumed run does with a flag that differs from the run's (docs/reliability.md):
 # refused: the saved state or the objective would not fit (model, loss, optimiser kind);
 RESUME_REFUSED = ("model", "encoder_type", "nOut", "trainfunc", "global_clf", "optimizer",
-                  "margin", "scale", "lr_schedule")
+                  "margin", "scale", "lr_schedule", "speed_perturb")
 # kept from the checkpoint, with a warning: the optimiser's and the schedule's saved state
 # (the schedule may have lowered the LR since; a new value would break the resume);
 RESUME_KEPT = ("lr", "weight_decay", "patience")
