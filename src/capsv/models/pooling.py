@@ -6,6 +6,18 @@ embedding of each side for every (query i, support j) pair. It is computed with 
 low-cost form of the spec's cost note, never with the (Nq, Ns, Tq, Ts) correlation tensor;
 :func:`cap_attention_literal` keeps the literal form as a test oracle.
 
+CAP in the paper's steps (spec §3) and where each lives:
+meta-projection (``CAP.project``) -> correlation of the projected frames -> context vectors
+(each side's agreement with the whole other side) -> attention logits -> residual attention
+weights (softmax + 1) -> pooling of the *backbone* frames -> BatchNorm + ReLU -> projection.
+The correlation-to-weights steps exist in four forms, all the same function:
+
+- :func:`cap_attention`: the low-cost form (training, fixed-size evaluation crops);
+- :func:`cap_attention_masked`: the same over padded frames (whole-utterance scoring);
+- :func:`cap_attention_literal`: the literal (Tq, Ts) correlation tensor (test oracle);
+- :class:`capsv.evaluation.cap_scoring.GroupedCapScorer`: evaluation's trials grouped by file
+  into large matmuls, with BatchNorm folded into an affine map (eval mode only).
+
 Masks (full-length scoring). Every head takes optional boolean frame masks, True on real
 frames, so utterances of different lengths can share one padded batch: (B, T) for TAP/SAP,
 (G, N, T) per side for CAP. A masked item gives the same result as the unpadded item alone
@@ -101,15 +113,20 @@ def cap_attention(hs: torch.Tensor, hq: torch.Tensor, tau: float):
     contiguous layout, so no (Tq, Ts) tensor and few copies are made.
     """
     # No reshapes on Python ints, so traced exports keep every size dynamic.
+    # Correlation, never formed: C[t, u] = <hq_t, hs_u> (unit frames: the cosine); its means
+    # over one side are dot products with that side's mean frame.
     mean_q, mean_s = hq.mean(dim=2), hs.mean(dim=2)                        # (G, Nq, D), (G, Ns, D)
-    # support side: c_s (G, Ns, Ts, Nq), then sum_u c_s hs_u -> (G, Ns, Nq, D)
+    # Context vector of the support side: c_s[u] = mean_t C[t, u] = <mean_t hq_t, hs_u>,
+    # (G, Ns, Ts, Nq); then sum_u c_s[u] hs_u -> (G, Ns, Nq, D)
     ctx_s = torch.matmul(hs, mean_q.transpose(1, 2).unsqueeze(1))
     summary_s = torch.matmul(ctx_s.transpose(2, 3), hs)
+    # Attention logits of the query side: a_q[t] = sum_u C[t, u] c_s[u] = <hq_t, summary_s>
     logit_q = torch.matmul(summary_s.transpose(1, 2), hq.transpose(2, 3))     # (G, Nq, Ns, Tq)
-    # query side, mirrored: c_q (G, Nq, Tq, Ns) -> (G, Nq, Ns, D) -> logits (G, Ns, Nq, Ts)
+    # query side, mirrored: context c_q (G, Nq, Tq, Ns) -> (G, Nq, Ns, D) -> logits (G, Ns, Nq, Ts)
     ctx_q = torch.matmul(hq, mean_s.transpose(1, 2).unsqueeze(1))
     summary_q = torch.matmul(ctx_q.transpose(2, 3), hq)
     logit_s = torch.matmul(summary_q.transpose(1, 2), hs.transpose(2, 3)).transpose(1, 2)
+    # Residual attention: softmax over frames + 1, so every frame keeps at least weight 1.
     return torch.softmax(logit_q / tau, dim=-1) + 1, torch.softmax(logit_s / tau, dim=-1) + 1
 
 
@@ -138,13 +155,14 @@ def cap_attention_masked(hs: torch.Tensor, hq: torch.Tensor, tau: float,
 
 
 def cap_attention_literal(hs: torch.Tensor, hq: torch.Tensor, tau: float):
-    """Test oracle: the same weights through the full (G, Nq, Ns, Tq, Ts) correlation tensor."""
-    corr = torch.einsum("gitd,gjud->gijtu", hq, hs)
-    ctx_s = corr.mean(dim=3)                                             # (G, Nq, Ns, Ts)
-    ctx_q = corr.mean(dim=4)                                             # (G, Nq, Ns, Tq)
-    logit_q = (corr * ctx_s.unsqueeze(3)).sum(dim=4) / tau
+    """Test oracle: the same weights through the full (G, Nq, Ns, Tq, Ts) correlation tensor,
+    step by step as the paper writes them."""
+    corr = torch.einsum("gitd,gjud->gijtu", hq, hs)                      # correlation C
+    ctx_s = corr.mean(dim=3)                                             # context c_s (G, Nq, Ns, Ts)
+    ctx_q = corr.mean(dim=4)                                             # context c_q (G, Nq, Ns, Tq)
+    logit_q = (corr * ctx_s.unsqueeze(3)).sum(dim=4) / tau               # attention logits
     logit_s = (corr * ctx_q.unsqueeze(4)).sum(dim=3) / tau
-    return torch.softmax(logit_q, dim=-1) + 1, torch.softmax(logit_s, dim=-1) + 1
+    return torch.softmax(logit_q, dim=-1) + 1, torch.softmax(logit_s, dim=-1) + 1   # residual
 
 
 @POOLINGS.register("CAP")
@@ -170,7 +188,8 @@ class CAP(nn.Module):
         nn.init.xavier_uniform_(self.fc)
 
     def project(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, D, T) backbone frames -> (N, T, D) unit-norm meta-projections."""
+        """Meta-projection (step 1): (N, D, T) backbone frames -> (N, T, D) unit-norm
+        projected frames, whose dot products are the correlation's cosines."""
         return _unit_frames(self.meta_learner(frames))
 
     def forward(self, support: torch.Tensor, query: torch.Tensor,
@@ -230,9 +249,10 @@ class CAP(nn.Module):
             w_q, w_s = cap_attention_masked(hs, hq, self.temperature, support_mask, query_mask)
             len_q = query_mask.sum(dim=-1).to(query.dtype)[:, :, None, None]       # (G, Nq, 1, 1)
             len_s = support_mask.sum(dim=-1).to(support.dtype)[:, None, :, None]   # (G, 1, Ns, 1)
-        # Pool the backbone frames, not the projections: p[i,j] = mean_t w[i,j,t] x_t.
+        # Pooling (step 6) of the backbone frames, not the projections: p[i,j] = mean_t w[i,j,t] x_t.
         pooled_q = torch.matmul(w_q, query.transpose(2, 3)) / len_q                        # (G, Nq, Ns, D)
         pooled_s = torch.matmul(w_s.transpose(1, 2), support.transpose(2, 3)).transpose(1, 2) / len_s
+        # BatchNorm + ReLU (step 7) over all 2 Nq Ns pooled vectors together, as in training.
         both = torch.cat([pooled_q, pooled_s], dim=0).reshape(-1, d)
         both = F.relu(self.att_bn(both)).reshape(2 * g, nq, ns, d)
         return both[g:], both[:g]
