@@ -38,6 +38,11 @@ def frames_that_fit(n_samples: int) -> int:
     return max((n_samples - crop_samples(0)) // HOP, 0)
 
 
+# The backbone divides time by up to 8 and the STFT's reflect padding needs n_fft/2 samples:
+# a file shorter than this cannot be scored whole (eval_frames 0), only padded to a crop.
+MIN_WHOLE_SAMPLES = crop_samples(8)
+
+
 @dataclass(frozen=True)
 class EvalProtocol:
     """How a file becomes an embedding at evaluation: ``num_eval`` crops of ``eval_frames``
@@ -80,4 +85,4 @@ def protocol_of(meta: dict | None, source: str = "checkpoint") -> EvalProtocol:
 
 
 __all__ = ["SAMPLE_RATE", "HOP", "WINDOW_EXTRA", "INT16_SCALE", "EVAL_FRAMES", "NUM_EVAL",
-           "META_KEY", "crop_samples", "frames_that_fit", "EvalProtocol", "PAPER", "protocol_of"]
+           "META_KEY", "MIN_WHOLE_SAMPLES", "crop_samples", "frames_that_fit", "EvalProtocol", "PAPER", "protocol_of"]

@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .. import faults
-from ..audio import AudioError, crop_samples, eval_crops, load_audio, load_eval_crops
+from ..audio import AudioError, eval_crops, load_audio, load_eval_crops
 from ..data.dataset import ignore_stop_signals
 from ..models import SpeakerNet
-from ..protocol import EVAL_FRAMES, NUM_EVAL
+from ..protocol import EVAL_FRAMES, MIN_WHOLE_SAMPLES, NUM_EVAL
 from ..workers import stop_workers, worker_error
 from . import feature_store
 from .feature_store import IN_MEMORY, FeatureStore, StoreWriter
@@ -54,8 +54,7 @@ class EvalCrops(Dataset):
         return index, torch.from_numpy(eval_crops(wave, self.eval_frames, self.num_eval))
 
 
-# The backbone divides time by up to 8 and the STFT's reflect padding needs n_fft/2 samples.
-MIN_FULL_LENGTH_SAMPLES = crop_samples(8)
+MIN_FULL_LENGTH_SAMPLES = MIN_WHOLE_SAMPLES      # the shortest file scored whole (capsv.protocol)
 
 
 def _batches_of_files(dataset: EvalCrops, files_per_batch: int, workers: int):

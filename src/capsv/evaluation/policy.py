@@ -11,7 +11,7 @@ EER on trials holding one, 33 % on the others, with the same model). ``--eval_sh
 """
 from __future__ import annotations
 
-from ..audio import SAMPLE_RATE, crop_samples
+from ..protocol import MIN_WHOLE_SAMPLES, SAMPLE_RATE, crop_samples
 
 EVAL_SHORT = {"auto": "whole utterances when most files are shorter than one crop",
               "pad": "always the paper's crops; short files are zero-padded"}
@@ -32,8 +32,11 @@ def choose_eval_frames(lengths, eval_frames: int, policy: str = "auto",
     files in the note."""
     if policy not in EVAL_SHORT:
         raise ValueError(f"unknown eval_short policy {policy!r}; choose one of {', '.join(EVAL_SHORT)}")
+    lengths = list(lengths)
     share = share_shorter(lengths, eval_frames)
     if policy == "pad" or share <= 0.5:
+        return eval_frames, None
+    if min(lengths) < MIN_WHOLE_SAMPLES:    # too short to score whole: padding is the only way
         return eval_frames, None
     seconds = crop_samples(eval_frames) / SAMPLE_RATE
     return 0, (f"{share:.0%} of the {what} are shorter than one --eval_frames {eval_frames} "
