@@ -99,6 +99,8 @@ def evaluate(args) -> int:
     final = sorted(glob.glob(os.path.join(args.run, "model", "model*.model")))
     out_dir = os.path.join(args.run, "eval")
     os.makedirs(out_dir, exist_ok=True)
+    if args.final_only:
+        models = []
     for path in models + final[-1:]:
         meta = read_checkpoint(path)["meta"]
         budget = meta.get("budget", {})
@@ -155,6 +157,7 @@ def main(argv=None) -> int:
     e = sub.add_parser("evaluate")
     e.add_argument("run")
     e.add_argument("--protocols", default="whole,crops")
+    e.add_argument("--final_only", action="store_true", help="only the run's last model")
     b = sub.add_parser("batch")
     b.add_argument("file")
     b.add_argument("--jobs", type=int, default=2)

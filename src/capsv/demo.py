@@ -1,20 +1,21 @@
 """The whole mission on a laptop: built-in corpus -> train CAP and TAP -> verify unseen speakers.
 
 ``run_demo`` generates the procedural corpus (:mod:`capsv.prep.synth.corpus`) if it is not there,
-trains ResNetSE34L with CAP and with TAP on its training speakers for a fixed number of epochs
-(the full demo also stops early if a per-model time budget runs out, so it always ends),
-scores the held-out speakers' trials with both models and with two hand-made baselines
-(mean MFCC cosine, and MFCC mean+std cosine), prints a side-by-side table and writes a report
-folder (DET curves, score histograms, scores, metrics).
+scores its held-out speakers' trials with two hand-made baselines (mean MFCC cosine, MFCC
+mean+std cosine), trains ResNetSE34L with TAP and with CAP, scores the same trials with both,
+prints a side-by-side table and writes a report folder (DET curves, score histograms, scores,
+metrics, ``learning_curve.png``: EER against training seconds).
 
-The training recipe is the paper's (NP loss + global classifier, nSpeakers 3) scaled down to
-CPU minutes: 0.5-1 s crops, 12-16 speakers per batch, Adam; bfloat16 autocast where the CPU
-has bf16 instructions (``--mixedprec``; about 1.7x faster there); crops read in the training
-process (``--nDataLoaderThread 0``: on 2 cores a loader process competes with the model for
-them, and 0 was 1.5x faster). Evaluation uses 3 crops of
-1.5-2 s per file instead of 10 of 3.5 s, because the demo's utterances are 1.5-4 s long.
-The quick variant stops after a fixed number of epochs only, so its result does not depend
-on the machine's speed (the test suite asserts it).
+Training follows the short-budget recipe that bench/learning measured on real voices
+(configs/cpu_quick_*.yaml: Adam with a cosine schedule over the run, 32 speakers x 2 short
+crops per batch, NP loss + global classifier) and ends after a fixed number of optimiser
+steps, so a slower CPU takes longer but reaches the same model; float32 everywhere (bf16
+would make the result depend on the CPU). The two networks train side by side in two
+processes with one core each: on a 2-core machine that is faster than two threads each, one
+after the other, because a thread per model wastes no time waiting for the other. The
+trainer evaluates along the way (the learning curve) and, since most demo files are shorter
+than one 3.5 s crop, scores whole utterances (capsv.evaluation.policy), as the demo's final scoring
+does.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -30,39 +32,46 @@ from dataclasses import dataclass
 import numpy as np
 
 from .evaluation.baseline import evaluate_baselines
+from .evaluation.pipeline import evaluate_list
+from .evaluation.report import write_comparison, write_report
+from .errors import CapsvError
 from .models.checkpoint import load_model
 from .prep.synth.corpus import DEMO_CORPUS, SYNTH_VERSION, CorpusConfig, generate_corpus
-from .evaluation.pipeline import evaluate_list
-from .train.precision import reduced_precision_is_fast
-from .evaluation.report import write_comparison, write_report
-from .train import train
-from .utils import atomic_write_text, resolve_device
+from .protocol import EVAL_FRAMES, NUM_EVAL
+from .train import latest_checkpoint, train
+from .utils import atomic_write_text
 
 
 @dataclass(frozen=True)
 class DemoPlan:
     corpus: CorpusConfig
-    max_epochs: int
-    budget_s: float | None       # per model; training stops after the epoch that crosses it
+    steps: int                   # optimiser steps per model: the same result on any machine
     max_frames: int = 100
-    batch_size: int = 16
-    eval_frames: int = 200
-    num_eval: int = 5
-    lr: float = 0.002
-    segs_per_speaker: int = 0    # utterances per speaker per epoch (0: all); smaller epochs stop closer to the budget
+    batch_size: int = 32
+    n_speakers: int = 2          # utterances per speaker in a batch (1 support + queries)
+    lr: float = 0.003
+    warmup: float = 0.05
+    curve_points: int = 4        # evaluations along the run (learning_curve.png)
+    eval_frames: int = EVAL_FRAMES  # the paper's; whole utterances when most test files are shorter
+    num_eval: int = NUM_EVAL
+    side_by_side: bool = True    # train TAP and CAP at once, each on half of the cores
 
 
-# 200 s per model: with `make install` (~90 s), the corpus (~40 s), the baselines and the
-# evaluations, `make demo` from a fresh clone stays under 10 minutes on 2 cores.
-FULL = DemoPlan(DEMO_CORPUS, max_epochs=60, budget_s=200.0, num_eval=3, segs_per_speaker=6)
+# Sized for 10 minutes from a fresh clone on a 2-core machine without bf16 (about 5 here):
+# install ~90 s, corpus ~40 s, then TAP and CAP side by side, one core each.
+FULL = DemoPlan(dataclasses.replace(DEMO_CORPUS, trials=3000), steps=450)
 QUICK = DemoPlan(dataclasses.replace(DEMO_CORPUS, speakers=96, test_speakers=20, utterances=6,
                                      test_utterances=16, min_seconds=1.5, max_seconds=2.5,
                                      trials=2000),
-                 max_epochs=10, budget_s=None, max_frames=50, batch_size=12, eval_frames=150,
-                 num_eval=3, lr=0.004)
+                 steps=60, max_frames=50, batch_size=24, curve_points=2)
 BASELINES = (("baseline: mean MFCC", "mean"), ("baseline: MFCC mean+std", "mean+std"))
 SLUGS = {"baseline: mean MFCC": "baseline", "baseline: MFCC mean+std": "baseline_meanstd",
          "ResNetSE34L + TAP": "tap", "ResNetSE34L + CAP": "cap"}
+ENCODERS = ("TAP", "CAP")
+
+
+class DemoError(CapsvError):
+    """A demo step that failed; the message names its log."""
 
 
 @dataclass
@@ -74,40 +83,132 @@ class SystemResult:
     train_seconds: float | None = None
     samples_per_s: float | None = None
     epochs: int | None = None
+    curve: list = dataclasses.field(default_factory=list)   # rows of result/curve.jsonl
+    first_loss: float | None = None
+    last_loss: float | None = None
 
 
-def _train_model(encoder: str, plan: DemoPlan, corpus_dir: str, exp_dir: str, progress: bool,
-                 log) -> tuple[str, float, float, int]:
-    """Train epoch by epoch until ``max_epochs`` or the time budget; returns
-    (checkpoint, seconds, crops/s, epochs)."""
-    base = dict(model="ResNetSE34L", encoder_type=encoder, trainfunc="proto", global_clf=True,
-                nSpeakers=3, batch_size=plan.batch_size, max_frames=plan.max_frames,
-                max_seg_per_spk=plan.segs_per_speaker or plan.corpus.utterances, optimizer="adam", lr=plan.lr,
+def training_config(encoder: str, plan: DemoPlan, corpus_dir: str, exp_dir: str) -> dict:
+    """The demo's recipe: bench/learning's short-budget one (configs/cpu_quick_*.yaml) on the
+    procedural corpus, ended by a step count; evaluated along the way for the curve."""
+    return dict(model="ResNetSE34L", encoder_type=encoder, trainfunc="proto", global_clf=True,
+                nSpeakers=plan.n_speakers, batch_size=plan.batch_size, max_frames=plan.max_frames,
+                max_seg_per_spk=500, optimizer="adam", lr=plan.lr, weight_decay=0.0,
+                lr_schedule="cosine", warmup=plan.warmup, final_lr=0.02,
+                max_steps=plan.steps, max_epoch=10**6, test_interval=10**6,
+                eval_every_steps=max(1, plan.steps // plan.curve_points),
+                eval_frames=plan.eval_frames, num_eval=plan.num_eval,
                 train_list=os.path.join(corpus_dir, "train_list.txt"), train_path=corpus_dir,
-                test_list=None, save_path=exp_dir, nDataLoaderThread=0, seed=0,
-                test_interval=10**6, no_progress=not progress,
-                mixedprec=reduced_precision_is_fast(resolve_device("auto")))
-    spent, crops_per_s, summary = 0.0, [], None
-    if os.path.isdir(exp_dir):       # an earlier demo's run: train afresh, the budget is the point
-        log(f"  {encoder}: replacing the earlier demo run in {exp_dir}")
-        shutil.rmtree(exp_dir)
-    os.makedirs(exp_dir)
-    train_log = os.path.join(exp_dir, "train.log")
-    log(f"  {encoder}: the training run's own log goes to {train_log}")
-    for epoch in range(1, plan.max_epochs + 1):
-        # One short run per epoch (each resumes the previous one): its start-up lines would
-        # repeat every epoch on screen, so they go to the file; the line below is the summary.
-        with open(train_log, "a", encoding="utf-8") as out, contextlib.redirect_stdout(out):
-            summary = train({**base, "max_epoch": epoch})
-        if summary.epochs_run:
-            spent += summary.wall_time_s
-            crops_per_s.append(summary.samples_per_s)
-        log(f"  {encoder}: epoch {summary.final_epoch}, loss {summary.loss:.3f}, "
-            f"accuracy {summary.acc:.1f}%, {spent:.0f} s")
-        if plan.budget_s is not None and spent >= plan.budget_s:
-            log(f"  {encoder}: time budget of {plan.budget_s:.0f} s reached after epoch {epoch}")
-            break
-    return summary.checkpoint, spent, float(np.mean(crops_per_s)) if crops_per_s else 0.0, summary.final_epoch
+                test_list=os.path.join(corpus_dir, "veri_test.txt"), test_path=corpus_dir,
+                save_path=exp_dir, nDataLoaderThread=0, seed=0, no_progress=True,
+                device="cpu" if plan.side_by_side else "auto")
+
+
+def _train_logged(config: dict, log_path: str) -> None:
+    """Train with the run's own lines going to ``log_path`` (the screen shows a summary)."""
+    with open(log_path, "a", encoding="utf-8") as out, contextlib.redirect_stdout(out):
+        train(config)
+
+
+def _train_in_child(config: dict, log_path: str, threads: int) -> None:
+    """One model's training in its own process with ``threads`` threads; a failure is
+    written to its log, which the parent names."""
+    import torch
+    torch.set_num_threads(threads)
+    try:
+        _train_logged(config, log_path)
+    except BaseException as exc:
+        with open(log_path, "a", encoding="utf-8") as out:
+            out.write(f"error: {type(exc).__name__}: {exc}\n")
+        raise SystemExit(1)
+
+
+def train_models(plan: DemoPlan, corpus_dir: str, exp_root: str, log) -> dict[str, str]:
+    """Train TAP and CAP (side by side in two processes, or one after the other); returns
+    {encoder: save_path}. Shows each model's epochs as they finish."""
+    runs = {}
+    for encoder in ENCODERS:
+        exp_dir = os.path.join(exp_root, encoder)
+        if os.path.isdir(exp_dir):    # an earlier demo's run: train afresh, the budget is the point
+            log(f"  {encoder}: replacing the earlier demo run in {exp_dir}")
+            shutil.rmtree(exp_dir)
+        os.makedirs(exp_dir)
+        runs[encoder] = exp_dir
+    configs = {e: training_config(e, plan, corpus_dir, d) for e, d in runs.items()}
+    logs = {e: os.path.join(d, "train.log") for e, d in runs.items()}
+    for encoder in ENCODERS:
+        log(f"  {encoder}: {plan.steps} steps of {plan.batch_size} speakers x {plan.n_speakers} "
+            f"crops of {plan.max_frames / 100:.1f} s; log: {logs[encoder]}")
+    if not plan.side_by_side:
+        for encoder in ENCODERS:
+            _train_logged(configs[encoder], logs[encoder])
+        return runs
+    threads = max(1, (os.cpu_count() or 2) // len(ENCODERS))
+    context = multiprocessing.get_context("spawn")
+    children = {e: context.Process(target=_train_in_child, args=(configs[e], logs[e], threads),
+                                   name=f"demo-{e}") for e in ENCODERS}
+    try:
+        for child in children.values():
+            child.start()
+        _follow(children, runs, logs, log)
+    finally:
+        for child in children.values():         # Ctrl-C or a failure: leave nothing running
+            if child.is_alive():
+                child.terminate()
+            child.join(timeout=30)
+    return runs
+
+
+def _follow(children: dict, runs: dict, logs: dict, log) -> None:
+    """Wait for the training processes, printing each epoch as it lands in metrics.jsonl."""
+    shown = {e: 0 for e in children}
+    while True:
+        for encoder, child in children.items():
+            rows = _rows(os.path.join(runs[encoder], "result", "metrics.jsonl"))
+            for row in rows[shown[encoder]:]:
+                log(f"  {encoder}: epoch {row['epoch']}, {row['steps']} steps, loss "
+                    f"{row['loss']:.3f}, {row['seconds']:.0f} s")
+            shown[encoder] = len(rows)
+            if child.exitcode not in (None, 0):
+                raise DemoError(f"training {encoder} failed (exit status {child.exitcode}); "
+                                f"see {logs[encoder]}")
+        if all(child.exitcode == 0 for child in children.values()):
+            return
+        time.sleep(1.0)
+
+
+def _rows(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _evaluate_run(encoder: str, exp_dir: str, test_list: str, corpus_dir: str, plan: DemoPlan,
+                  progress: bool, log) -> SystemResult:
+    """Score the trials with the run's final model, under the protocol its trainer chose
+    (stored beside its threshold: whole utterances when most test files are short)."""
+    summary = latest_checkpoint(exp_dir, log=lambda *_: None)
+    if summary is None:
+        raise DemoError(f"training {encoder} left no checkpoint in {exp_dir}; see its train.log")
+    _, path, ckpt = summary
+    meta = ckpt.get("meta", {})
+    protocol = meta.get("eval_protocol", {"eval_frames": plan.eval_frames, "num_eval": plan.num_eval})
+    net, _ = load_model(path)
+    result = evaluate_list(net, test_list, corpus_dir, protocol["eval_frames"], protocol["num_eval"],
+                           progress=progress)
+    labels = np.array([t.label for t in result.trials])
+    epochs = _rows(os.path.join(exp_dir, "result", "metrics.jsonl"))
+    seconds = sum(r["seconds"] for r in epochs)
+    crops = sum(r["samples_per_s"] * r["seconds"] for r in epochs)
+    what = "whole utterances" if protocol["eval_frames"] == 0 else \
+        f"{protocol['num_eval']} crops of {protocol['eval_frames']} frames"
+    log(f"  {encoder}: EER {result.metrics.eer:.2f} % ({what})")
+    return SystemResult(f"ResNetSE34L + {encoder}", result.scores, labels,
+                        result.metrics.as_dict(), seconds, crops / seconds if seconds else 0.0,
+                        epochs[-1]["epoch"] if epochs else 0,
+                        _rows(os.path.join(exp_dir, "result", "curve.jsonl")),
+                        epochs[0]["loss"] if epochs else None, epochs[-1]["loss"] if epochs else None)
 
 
 def corpus_folder(data_dir: str, kind: str, corpus: CorpusConfig) -> str:
@@ -147,16 +248,13 @@ def run_demo(data_dir: str = "data/demo", report_dir: str = "demo_report", quick
     systems = [SystemResult(name, results[stats].scores, results[stats].labels,
                             results[stats].metrics.as_dict()) for name, stats in BASELINES]
 
-    for step, encoder in ((3, "TAP"), (4, "CAP")):
-        log(f"[{step}/4] train + evaluate ResNetSE34L with {encoder}")
-        exp_dir = os.path.join(data_dir, "exps", f"{'quick' if quick else 'full'}_{encoder}")
-        ckpt, seconds, rate, epochs = _train_model(encoder, plan, corpus_dir, exp_dir, progress, log)
-        net, _ = load_model(ckpt)
-        result = evaluate_list(net, test_list, corpus_dir, plan.eval_frames, plan.num_eval,
-                               progress=progress)
-        labels = np.array([t.label for t in result.trials])
-        systems.append(SystemResult(f"ResNetSE34L + {encoder}", result.scores, labels,
-                                    result.metrics.as_dict(), seconds, rate, epochs))
+    how = "side by side, one process each" if plan.side_by_side else "one after the other"
+    log(f"[3/4] train ResNetSE34L with TAP and with CAP ({how})")
+    runs = train_models(plan, corpus_dir, os.path.join(data_dir, "exps", "quick" if quick else "full"), log)
+
+    log("[4/4] evaluate both networks on the held-out speakers")
+    for encoder in ENCODERS:
+        systems.append(_evaluate_run(encoder, runs[encoder], test_list, corpus_dir, plan, progress, log))
     _write(report_dir, systems, test_list, plan, time.time() - start)
     return systems
 
@@ -171,10 +269,39 @@ def _write(report_dir: str, systems: list[SystemResult], test_list: str, plan: D
                             "epochs": s.epochs})
     write_comparison(report_dir, {s.name: (s.scores, s.labels) for s in systems},
                      title="Unseen speakers of the built-in corpus")
+    plot_learning_curves(os.path.join(report_dir, "learning_curve.png"), systems)
     table = format_table(systems)
     atomic_write_text(os.path.join(report_dir, "table.txt"), table + "\n")
     atomic_write_text(os.path.join(report_dir, "demo.json"), json.dumps({
         "plan": dataclasses.asdict(plan), "total_seconds": total_s,
         "systems": {s.name: {**s.metrics, "train_seconds": s.train_seconds,
-                             "samples_per_s": s.samples_per_s, "epochs": s.epochs} for s in systems},
+                             "samples_per_s": s.samples_per_s, "epochs": s.epochs,
+                             "first_loss": s.first_loss, "last_loss": s.last_loss,
+                             "curve": s.curve} for s in systems},
     }, indent=2, default=str) + "\n")
+
+
+def plot_learning_curves(path: str, systems: list[SystemResult]) -> None:
+    """EER against training seconds for the networks, the baselines as flat lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for s in systems:
+        if s.curve:
+            ax.plot([r["train_seconds"] for r in s.curve], [r["EER"] for r in s.curve],
+                    marker="o", label=s.name)
+        else:
+            ax.axhline(s.metrics["EER"], linestyle=":", color="grey")
+            ax.annotate(s.name, (0, s.metrics["EER"]), fontsize=7, color="grey",
+                        xytext=(2, 2), textcoords="offset points")
+    ax.set_xlabel("training seconds (wall clock, one core per model)")
+    ax.set_ylabel("EER % on unseen speakers")
+    ax.set_title("Learning curves of the demo")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)

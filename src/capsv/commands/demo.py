@@ -10,10 +10,11 @@ Generate a procedural multi-speaker corpus (if not already there), train ResNetS
 and with TAP on its training speakers, and verify held-out speakers with both models and two
 hand-made baselines (mean MFCC cosine; MFCC mean+std cosine). Prints a side-by-side table
 (EER, minDCF, training time, crops/s) and writes a report folder: DET curves, score
-histograms, score files, metrics JSON. At most 10 minutes on 2 CPU cores; --quick takes
-under 2 minutes (96 training speakers x 6 clips, 10 epochs of 0.5 s crops). Training uses
-bfloat16 autocast where the CPU has bf16 instructions. The corpus goes to
-DATA_DIR/full-vN-XXXXXXXX (N: the generator's version; then a digest of its settings).
+histograms, a learning curve (EER against training seconds), score files, metrics JSON.
+About 5 minutes on 2 CPU cores (at most 10 on a slower CPU); --quick takes about 2 minutes.
+Each model trains for a fixed number of optimiser steps (the same result on any machine),
+TAP and CAP side by side on one core each. The corpus goes to DATA_DIR/full-vN-XXXXXXXX
+(N: the generator's version; then a digest of its settings).
 
 example:
   capsv demo                  # what `make demo` runs
