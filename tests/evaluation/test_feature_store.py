@@ -216,9 +216,10 @@ def test_cohort_statistics_in_blocks_equal_the_whole_table():
     from capsv.evaluation.pipeline import _cohort_side_stats
     from capsv.evaluation.scoring import cohort_scores
     from capsv.evaluation.scorenorm import cohort_stats
+    from capsv.models.pooling import TAP
 
-    class Net:
-        pairwise = False
+    class Net:                     # a TAP model: its head keeps one vector a file
+        pooling = TAP(8, 4)
 
     feats, gen = FileFeatures(), torch.Generator().manual_seed(0)
     for i in range(50):

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -117,18 +116,22 @@ class FileFeatures:
         self.mean_emb[index] = self.mean_store[index]
 
     def rows(self) -> dict[int, dict[str, torch.Tensor]]:
-        """Each kept file's features as ``{"frames", "proj"}`` (CAP) or ``{"mean"}`` (TAP/SAP,
-        the (E,) mean unit crop embedding): what scoring needs, in the form :meth:`keep` takes."""
+        """Each kept file's features as the head's ``keep`` gave them, less the crops:
+        ``{"frames", "proj"}`` (CAP) or ``{"emb"}`` (TAP/SAP, the (E,) mean unit crop
+        embedding): what scoring needs."""
         if self.frames:
             return {i: {"frames": self.frames[i], "proj": self.proj[i]} for i in self.frames}
         indices = self.mean_emb.keys() or self.emb.keys()
-        return {i: {"mean": self.mean_embedding(i)} for i in indices}
+        return {i: {"emb": self.mean_embedding(i)} for i in indices}
 
     def keep(self, index: int, row: dict[str, torch.Tensor], capacity: int,
-             fixed_size: bool) -> None:
-        """Keep one file's features given as :meth:`rows` gives them."""
-        if "mean" in row:
-            self.keep_mean(index, row["mean"], capacity)
+             fixed_size: bool, keep_crops: bool = False) -> None:
+        """Keep one file's features as a head's ``keep`` (or :meth:`rows`) gives them; the
+        crop embeddings too with ``keep_crops``."""
+        if "emb" in row:                   # one vector a file
+            self.keep_mean(index, row["emb"], capacity)
+            if keep_crops and "crops" in row:
+                self.emb[index] = row["crops"]
         elif fixed_size:
             self.keep_cap(index, row["frames"], row["proj"], capacity)
         else:
@@ -182,7 +185,7 @@ def extract_features(net: SpeakerNet, paths: list, eval_frames: int = EVAL_FRAME
     net.eval()
     if eval_frames <= 0:
         files_per_batch = 1  # whole utterances differ in length
-    names = ["frames", "proj"] if net.pairwise else ["emb"]
+    names = list(net.pooling.kept)
     sink = None
     if cache != IN_MEMORY:
         key = None
@@ -234,20 +237,9 @@ def _keep_file(net: SpeakerNet, feats: FileFeatures, sink: StoreWriter | None, i
                part: torch.Tensor, n_files: int, fixed_size: bool, keep_crops: bool) -> None:
     """Keep one file's features (``part``: its backbone frames (crops, D, T)) in ``feats``
     (memory) or append them to the disk store ``sink``."""
-    if net.pairwise:
-        proj = net.pooling.project(part)
-        if sink is not None:
-            sink.append("frames", index, part.cpu().numpy(), fill_gaps=True)
-            sink.append("proj", index, proj.cpu().numpy(), fill_gaps=True)
-        elif fixed_size:
-            feats.keep_cap(index, part, proj, n_files)
-        else:
-            feats.frames[index], feats.proj[index] = part, proj
+    row = net.pooling.keep(part)              # the head says what a file keeps
+    if sink is None:
+        feats.keep(index, row, n_files, fixed_size, keep_crops)
         return
-    crops = F.normalize(net.pooling(part), dim=-1)
-    if sink is not None:
-        sink.append("emb", index, crops.mean(dim=0).cpu().numpy(), fill_gaps=True)
-        return
-    feats.keep_mean(index, crops.mean(dim=0), n_files)
-    if keep_crops:
-        feats.emb[index] = crops
+    for name in net.pooling.kept:
+        sink.append(name, index, row[name].cpu().numpy(), fill_gaps=True)

@@ -25,16 +25,28 @@ def score_pairs(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
     whose chunks are sized by its buffer instead."""
     scores = np.empty(len(pairs), dtype=np.float64)
     bar = tqdm(total=len(pairs), desc="trials", unit="trial", disable=not progress, leave=False)
-    if not net.pairwise:
-        # The mean of the crops' cosine matrix is the dot product of the mean unit embeddings.
-        # 1024 trials a step: a few MB of gathered vectors, whatever the list's length.
-        for start in range(0, len(pairs), 1024):
-            part = pairs[start:start + 1024]
-            a, b = feats.mean_embeddings(part[:, 0]), feats.mean_embeddings(part[:, 1])
-            scores[start:start + len(part)] = (a * b).sum(dim=1).double().cpu().numpy()
-            bar.update(len(part))
+    try:
+        PAIR_SCORERS[net.pooling.kept](net, feats, pairs, scores, chunk, bar)
+    finally:
         bar.close()
-        return scores
+    return scores
+
+
+def _score_vectors(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray, scores: np.ndarray,
+                   chunk: int, bar) -> None:
+    """Heads that keep one vector a file (TAP/SAP): 1024 trials a step, a few MB of gathered
+    vectors whatever the list's length, scored by the head."""
+    for start in range(0, len(pairs), 1024):
+        part = pairs[start:start + 1024]
+        a, b = feats.mean_embeddings(part[:, 0]), feats.mean_embeddings(part[:, 1])
+        kept = net.pooling.score_kept({"emb": a}, {"emb": b})
+        scores[start:start + len(part)] = kept.double().cpu().numpy()
+        bar.update(len(part))
+
+
+def _score_frames(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray, scores: np.ndarray,
+                  chunk: int, bar) -> None:
+    """CAP, which keeps frames: the engine that fits how they are stored."""
     # Trials whose sides have the same frame counts can share one batched call (fixed-size
     # stores hold one shape only).
     buckets = defaultdict(list)
@@ -43,32 +55,29 @@ def score_pairs(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
             buckets[(feats.frames[i].shape, feats.frames[j].shape)].append(row)
     if len(buckets) > 1:  # whole utterances: pad and mask instead of one call per length pair
         _score_cap_padded(net, feats, pairs, scores, chunk, bar)
-        bar.close()
-        return scores
+        return
     if feats.frames_store is not None and not net.pooling.training and not net.pooling.literal:
         # Eval-mode CAP on fixed-size crops: trials grouped by file into large matmuls.
         scorer = GroupedCapScorer(net.pooling, *_stores_where_scored(net, feats))
         scores[:] = scorer.score(pairs, on_chunk=bar.update)
-        bar.close()
-        return scores
+        return
     if feats.frames_store is not None:
         # Small chunks stay in cache on a CPU (16 measured best of 16/64/256); a GPU wants many.
         per_call = chunk if _device_of(net).type == "cuda" else min(chunk, 16)
         _score_cap_stored(net, feats, pairs, scores, per_call, bar)
-        bar.close()
-        return scores
+        return
     for rows in buckets.values():
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
             sup = [pairs[r, 0] for r in part]
             qry = [pairs[r, 1] for r in part]
-            cos = net.pooling.score_grouped(
-                torch.stack([feats.frames[i] for i in sup]), torch.stack([feats.frames[i] for i in qry]),
-                hs=torch.stack([feats.proj[i] for i in sup]), hq=torch.stack([feats.proj[i] for i in qry]))
-            scores[part] = cos.flatten(1).mean(dim=1).double().cpu().numpy()
+            kept = net.pooling.score_kept(
+                {"frames": torch.stack([feats.frames[i] for i in sup]),
+                 "proj": torch.stack([feats.proj[i] for i in sup])},
+                {"frames": torch.stack([feats.frames[i] for i in qry]),
+                 "proj": torch.stack([feats.proj[i] for i in qry])})
+            scores[part] = kept.double().cpu().numpy()
             bar.update(len(part))
-    bar.close()
-    return scores
 
 
 def _score_cap_stored(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
@@ -89,8 +98,8 @@ def _score_cap_stored(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
         torch.index_select(proj_store, 0, sup, out=hs)
         torch.index_select(proj_store, 0, qry, out=hq)
         support, query, hs, hq = (t.to(_device_of(net)) for t in (support, query, hs, hq))
-        cos = net.pooling.score_grouped(support, query, hs=hs, hq=hq)
-        scores[start:start + n] = cos.flatten(1).mean(dim=1).double().cpu().numpy()
+        kept = net.pooling.score_kept({"frames": support, "proj": hs}, {"frames": query, "proj": hq})
+        scores[start:start + n] = kept.double().cpu().numpy()
         bar.update(n)
 
 
@@ -124,9 +133,10 @@ def _score_cap_padded(net: SpeakerNet, feats: FileFeatures, pairs: np.ndarray,
         query, mask_q = pad_frames([feats.frames[i].to(device) for i in qry])
         hs, _ = pad_frames([feats.proj[i].to(device).transpose(1, 2) for i in sup])
         hq, _ = pad_frames([feats.proj[i].to(device).transpose(1, 2) for i in qry])
-        cos = net.pooling.score_grouped(support, query, hs=hs.transpose(2, 3), hq=hq.transpose(2, 3),
-                                        support_mask=mask_s, query_mask=mask_q)   # (G, Nq, Ns)
-        scores[part] = cos.flatten(1).mean(dim=1).double().cpu().numpy()
+        kept = net.pooling.score_kept({"frames": support, "proj": hs.transpose(2, 3)},
+                                      {"frames": query, "proj": hq.transpose(2, 3)},
+                                      mask_s, mask_q)
+        scores[part] = kept.double().cpu().numpy()
         bar.update(len(part))
         start = stop
 
@@ -153,11 +163,24 @@ def cohort_scores(net: SpeakerNet, feats: FileFeatures, file_ids: np.ndarray,
                   cohort_ids: np.ndarray, progress: bool = True) -> np.ndarray:
     """(len(file_ids), len(cohort_ids)) scores, each computed like a trial's score.
 
-    TAP/SAP: one matrix product of mean unit embeddings. CAP: every (file, cohort) pair goes
-    through the batched pairwise engine, the file as support.
+    Heads that keep one vector a file (TAP/SAP): one matrix product of those vectors. Others
+    (CAP): every (file, cohort) pair goes through :func:`score_pairs`, the file as support.
     """
-    if not net.pairwise:
-        files, cohort = feats.mean_embeddings(file_ids), feats.mean_embeddings(cohort_ids)
-        return (files @ cohort.T).double().cpu().numpy()
+    shortcut = COHORT_SHORTCUTS.get(net.pooling.kept)
+    if shortcut is not None:
+        return shortcut(feats, file_ids, cohort_ids)
     pairs = np.stack(np.meshgrid(file_ids, cohort_ids, indexing="ij"), axis=-1).reshape(-1, 2)
     return score_pairs(net, feats, pairs, progress=progress).reshape(len(file_ids), len(cohort_ids))
+
+
+def _cohort_of_vectors(feats: FileFeatures, file_ids: np.ndarray,
+                       cohort_ids: np.ndarray) -> np.ndarray:
+    """One vector a file: every (file, cohort) score in one matrix product."""
+    files, cohort = feats.mean_embeddings(file_ids), feats.mean_embeddings(cohort_ids)
+    return (files @ cohort.T).double().cpu().numpy()
+
+
+# How kept files are scored, by what the head keeps of a file (its ``kept``): pairs, and the
+# (files, cohort) tables of AS-norm when there is a faster way than pair by pair.
+PAIR_SCORERS = {("emb",): _score_vectors, ("frames", "proj"): _score_frames}
+COHORT_SHORTCUTS = {("emb",): _cohort_of_vectors}

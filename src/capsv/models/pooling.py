@@ -34,11 +34,31 @@ from ..registry import Registry
 POOLINGS: Registry[nn.Module] = Registry("pooling (--encoder_type)")
 
 
-@POOLINGS.register("TAP")
-class TAP(nn.Module):
-    """Temporal average pooling, then Linear(D, E)."""
+class EmbeddingHead(nn.Module):
+    """A head with one embedding per crop (TAP, SAP), and its answers to evaluation's two
+    questions (spec §5): what to keep of a file (:meth:`keep`), and how two kept files score
+    (:meth:`score_kept`). Evaluation asks every head the same questions, so it never needs to
+    know which head it holds; ``kept`` names what a file's disk store holds."""
 
     pairwise = False
+    kept = ("emb",)
+
+    def keep(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A file's crops' backbone frames (crops, D, T) -> ``emb`` (E,), the mean of the
+        crops' unit-norm embeddings (all scoring needs), and ``crops`` (crops, E), those
+        unit-norm embeddings."""
+        crops = F.normalize(self(frames), dim=-1)
+        return {"emb": crops.mean(dim=0), "crops": crops}
+
+    def score_kept(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Kept files ``emb`` (N, E) of each side -> (N,) scores: the dot product of the means,
+        which is the mean of the crops' cosine matrix."""
+        return (a["emb"] * b["emb"]).sum(dim=-1)
+
+
+@POOLINGS.register("TAP")
+class TAP(EmbeddingHead):
+    """Temporal average pooling, then Linear(D, E)."""
 
     def __init__(self, in_dim: int, nOut: int):
         super().__init__()
@@ -52,10 +72,8 @@ class TAP(nn.Module):
 
 
 @POOLINGS.register("SAP")
-class SAP(nn.Module):
+class SAP(EmbeddingHead):
     """Self-attentive pooling: softmax_t(tanh(W x_t + b) . a) weighted sum, then Linear(D, E)."""
-
-    pairwise = False
 
     def __init__(self, in_dim: int, nOut: int):
         super().__init__()
@@ -176,6 +194,7 @@ class CAP(nn.Module):
     """
 
     pairwise = True
+    kept = ("frames", "proj")      # evaluation keeps these of a file (see EmbeddingHead)
 
     def __init__(self, in_dim: int, nOut: int, temperature: float = 0.05, literal: bool = False):
         super().__init__()
@@ -191,6 +210,22 @@ class CAP(nn.Module):
         """Meta-projection (step 1): (N, D, T) backbone frames -> (N, T, D) unit-norm
         projected frames, whose dot products are the correlation's cosines."""
         return _unit_frames(self.meta_learner(frames))
+
+    def keep(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Evaluation, per file: CAP has no single-file embedding (its pooling depends on the
+        other side), so a file keeps its crops' backbone ``frames`` (crops, D, T) and their
+        meta-projections ``proj`` (crops, T, D), computed once per file."""
+        return {"frames": frames, "proj": self.project(frames)}
+
+    def score_kept(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                   mask_a: torch.Tensor | None = None,
+                   mask_b: torch.Tensor | None = None) -> torch.Tensor:
+        """Kept files of G pairs, ``a`` as support and ``b`` as query (``frames`` (G, crops,
+        D, T), ``proj`` (G, crops, T, D), optional frame masks (G, crops, T)) -> (G,) scores:
+        the mean over crop pairs of cos(e_s, e_q)."""
+        cos = self.score_grouped(a["frames"], b["frames"], hs=a["proj"], hq=b["proj"],
+                                 support_mask=mask_a, query_mask=mask_b)
+        return cos.flatten(1).mean(dim=1)
 
     def forward(self, support: torch.Tensor, query: torch.Tensor,
                 support_mask: torch.Tensor | None = None, query_mask: torch.Tensor | None = None):
