@@ -1,7 +1,7 @@
 """CAP trial scoring: batched low-cost form vs one literal trial per Python iteration.
 
 Part 1: 5,000 trials over 500 files (10 crops x 88 frames each, ResNetSE34L shapes), pairs/s,
-for three forms: capsv's scorer (trials grouped by file, capsv.cap_scoring), the earlier
+for three forms: capsv's scorer (trials grouped by file, capsv.evaluation.cap_scoring), the earlier
 per-chunk batched low-cost form (16 trials per call), and the literal baseline, timed on a
 subset; the scores must agree with the literal ones within 1e-5 on that subset.
 Part 2: the CAP head alone at the paper's training batch (200 supports, 400 queries, 51 frames),
@@ -19,8 +19,10 @@ import torch.nn.functional as F
 
 from common import Timer, median, peak_rss_mb, row
 
-from capsv.evaluate import FileFeatures, _score_cap_stored, score_pairs
-from capsv.pooling import CAP
+from capsv.evaluation.extract import FileFeatures
+
+from capsv.evaluation.scoring import _score_cap_stored, score_pairs
+from capsv.models.pooling import CAP
 
 
 def literal_trial_score(cap: CAP, support: torch.Tensor, query: torch.Tensor) -> float:

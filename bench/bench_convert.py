@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from capsv.audio import write_m4a
-from capsv.data.convert import convert_tree, find_files
+from capsv.prep.convert import convert_tree, find_files
 
 
 def make_corpus(root: str, files: int, seconds: float) -> None:

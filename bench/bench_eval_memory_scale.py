@@ -92,7 +92,7 @@ def write_corpus(root: str, n_files: int, seconds: tuple[float, float], trials_p
 
 def store_bytes_per_file(net, paths, eval_frames: int) -> float:
     """Disk use of the feature store per file, from a store of the first 8 files."""
-    from capsv.evaluate import extract_features
+    from capsv.evaluation.extract import extract_features
     feats = extract_features(net, paths[:8], eval_frames, 10, progress=False, cache=None,
                              keep_crops=False)
     try:
@@ -104,7 +104,7 @@ def store_bytes_per_file(net, paths, eval_frames: int) -> float:
 def child(mode: str, n_files: int, cache: str) -> None:
     import torch
 
-    from capsv.evaluate import evaluate_list
+    from capsv.evaluation.pipeline import evaluate_list
     from capsv.models import SpeakerNet
 
     torch.set_num_threads(1)

@@ -14,7 +14,7 @@ import torch
 
 from common import Timer, row
 
-from capsv.evaluate import extract_features
+from capsv.evaluation.extract import extract_features
 from capsv.models import SpeakerNet
 
 

@@ -4,10 +4,10 @@ Measures, each after a warm-up, with torch.cuda.synchronize() around the timed r
 
 - train_step: one optimizer step of ResNetSE34L + TAP / CAP, prototypical loss with the
   global classifier over 5,994 speakers, at the paper batch (200 speakers x 3 crops of 200
-  frames), fp32 and ``--mixedprec`` (capsv.precision): crops/s;
+  frames), fp32 and ``--mixedprec`` (capsv.train.precision): crops/s;
 - extraction: ``SpeakerNet.frames`` of 10 crops x 350 frames per file, 16 files a batch,
   plus the CAP meta-projection: files/s;
-- cap_scoring: ``capsv.cap_scoring.GroupedCapScorer`` on random features of the real shapes
+- cap_scoring: ``capsv.evaluation.cap_scoring.GroupedCapScorer`` on random features of the real shapes
   (10 crops x 128 x 88 frames) held on the GPU, trials grouped like VoxCeleb1-E (each support
   file with ~4 partners): pairs/s.
 
@@ -31,9 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_train import build, one_step  # noqa: E402
 
-from capsv import precision  # noqa: E402
+from capsv.train import precision  # noqa: E402
 from capsv.audio import crop_samples  # noqa: E402
-from capsv.cap_scoring import GroupedCapScorer  # noqa: E402
+from capsv.evaluation.cap_scoring import GroupedCapScorer  # noqa: E402
 from capsv.models import SpeakerNet  # noqa: E402
 
 

@@ -16,8 +16,10 @@ import torch
 
 from common import Timer, peak_rss_mb, row
 
-from capsv.evaluate import FileFeatures, score_pairs
-from capsv.pooling import CAP
+from capsv.evaluation.extract import FileFeatures
+
+from capsv.evaluation.scoring import score_pairs
+from capsv.models.pooling import CAP
 
 
 class _Net:

@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
-from capsv.data.synth import DEMO_CORPUS, generate_corpus, preset  # noqa: E402
+from capsv.prep.synth.corpus import DEMO_CORPUS, generate_corpus, preset  # noqa: E402
 
 
 def cpu_seconds() -> float:

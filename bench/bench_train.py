@@ -30,9 +30,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import Timer, machine, median, row
 
-from capsv import allocator, precision
+from capsv import allocator
+from capsv.train import precision
 from capsv.audio import crop_samples
-from capsv.losses import Objective
+from capsv.train.losses import Objective
 from capsv.models import SpeakerNet
 from capsv.train import TrainConfig, forward_batch, make_optimizer
 

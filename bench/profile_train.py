@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 import common  # noqa: F401  (thread setting, sys.path)
 from bench_train import build, one_step
 
-from capsv import precision
+from capsv.train import precision
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import torch
 
 from capsv import cli
 from capsv.api import InputError, SpeakerVerifier, Verification, to_int16_scale
-from capsv.checkpoint import save_checkpoint
+from capsv.models.checkpoint import save_checkpoint
 from capsv.errors import CapsvError
 
 # trial 7 of the fixture: the debug tensors' pair (A = path1 = CAP support)

@@ -17,11 +17,12 @@ import torch
 
 from capsv import audio, faults
 from capsv.api import SpeakerVerifier
-from capsv.checkpoint import save_checkpoint
+from capsv.models.checkpoint import save_checkpoint
 from capsv.cli import main as cli_main
 from capsv.data.lists import ListError, read_train_list, read_trials
 from capsv.errors import CapsvError
-from capsv.evaluate import EvalInputError, evaluate_list
+from capsv.evaluation.inputs import EvalInputError
+from capsv.evaluation.pipeline import evaluate_list
 from capsv.models import SpeakerNet
 from capsv.train import train
 
@@ -289,7 +290,7 @@ def test_ten_minute_file_reads_only_its_crops(tmp_path):
 def test_digital_silence_gives_finite_features():
     """All-zero input: the +1e-6 floor keeps log-mel finite (no -inf, no NaN after the
     instance norm), so the whole network gives a finite, non-zero embedding."""
-    from capsv.features import LogMelFrontEnd
+    from capsv.models.features import LogMelFrontEnd
 
     feats = LogMelFrontEnd()(torch.zeros(2, audio.crop_samples(20)))
     assert torch.isfinite(feats).all()
@@ -388,7 +389,7 @@ def test_unsafe_tar_entry_is_refused(tmp_path, bad):
     import io
     import tarfile
 
-    from capsv.data.archive import ArchiveError, extract_tar
+    from capsv.prep.archive import ArchiveError, extract_tar
 
     archive = tmp_path / "musan.tar.gz"
     with tarfile.open(archive, "w:gz") as tf:

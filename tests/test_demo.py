@@ -12,8 +12,8 @@ import json
 import pytest
 
 from capsv.cli import main
-from capsv.data.synth import CorpusConfig
 from capsv.demo import QUICK, DemoPlan, run_demo
+from capsv.prep.synth.corpus import CorpusConfig
 
 SYSTEMS = {"baseline: mean MFCC", "baseline: MFCC mean+std", "ResNetSE34L + TAP",
            "ResNetSE34L + CAP"}

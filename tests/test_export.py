@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from capsv import cli
-from capsv.checkpoint import load_model
+from capsv.models.checkpoint import load_model
 from capsv.export import CAPHead, DFTLogMelFrontEnd, export_model, export_torchscript
-from capsv.features import LogMelFrontEnd
+from capsv.models.features import LogMelFrontEnd
 
 A, B = "id10003/vidC/00003.wav", "id10002/vidB/00002.wav"     # the debug tensors' trial
 

@@ -4,7 +4,7 @@ embed and the Python API, against the same audio converted to 16 kHz beforehand.
 One 2 s recording of the reference fixtures is written, with soundfile and PyAV, as 8, 22.05,
 44.1 and 48 kHz WAV, stereo WAV, FLAC, OGG/Vorbis, OGG/Opus, MP3 and m4a/AAC. Each file's
 "converted beforehand" twin is what ``capsv prepare --convert`` does to it
-(:func:`capsv.data.convert.decode_to_16k_mono`, written as a 16 kHz WAV). Every command must
+(:func:`capsv.prep.convert.decode_to_16k_mono`, written as a 16 kHz WAV). Every command must
 score the file within 0.02 of its twin (against the same 16 kHz partner file), and say once
 that it resampled it.
 """
@@ -23,7 +23,7 @@ import soundfile as sf
 from capsv import cli
 from capsv.api import SpeakerVerifier
 from capsv.audio import ResampledAudioWarning, resample, write_m4a
-from capsv.data.convert import decode_to_16k_mono, write_wav_atomic
+from capsv.prep.convert import decode_to_16k_mono, write_wav_atomic
 
 SOURCE = "id10003/vidA/00001.wav"     # 3.0 s; its first 2 s are used
 PARTNER = "id10003/vidA/00002.wav"    # same speaker, 16 kHz: the other side of every trial

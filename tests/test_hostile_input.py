@@ -75,7 +75,7 @@ def test_kaldi_files_of_every_plain_type_read_like_kaldiio(tmp_path):
     """float/double vectors and matrices, binary and text, by ark and by scp: the same keys
     and values kaldiio reads."""
     kaldiio = pytest.importorskip("kaldiio")
-    from capsv import kaldi_io
+    from capsv.evaluation import kaldi_io
 
     rng = np.random.default_rng(1)
     values = {"fv": rng.standard_normal(5).astype(np.float32),
@@ -203,7 +203,7 @@ def run_inputs(tmp_path_factory) -> Path:
     """A 4-speaker train list, a 2-speaker trial list and a tiny TAP checkpoint."""
     import torch
 
-    from capsv.checkpoint import save_checkpoint
+    from capsv.models.checkpoint import save_checkpoint
     from capsv.models import SpeakerNet
     from speech_like import write_train_list
 
@@ -493,9 +493,9 @@ def test_written_files_follow_the_umask_not_0600(tmp_path):
     writes them, so collaborators on a shared cluster can read them."""
     import torch
 
-    from capsv.checkpoint import save_checkpoint
-    from capsv.data.convert import write_wav_atomic
-    from capsv.embeddings import EmbeddingSet, write_embeddings
+    from capsv.models.checkpoint import save_checkpoint
+    from capsv.prep.convert import write_wav_atomic
+    from capsv.evaluation.embeddings import EmbeddingSet, write_embeddings
     from capsv.models import SpeakerNet
     from capsv.utils import atomic_write_text
 
@@ -519,7 +519,7 @@ def test_written_files_follow_the_umask_not_0600(tmp_path):
 def test_a_text_file_as_checkpoint_is_not_called_a_code_risk(tmp_path):
     """Text that happens to start with a pickle opcode ('{', 'I', 'c'...) is 'not a
     checkpoint', not 'could run code' (that alarm stays for real pickles)."""
-    from capsv.checkpoint import CheckpointError, read_checkpoint
+    from capsv.models.checkpoint import CheckpointError, read_checkpoint
 
     for text in ('{"epoch": 3}\n', "IT 1, LR 0.001, TEER/T1 12.5\n", "c1 a.wav b.wav\n"):
         path = tmp_path / "run.model"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from capsv.checkpoint import load_model
-from capsv.evaluate import evaluate_list
+from capsv.models.checkpoint import load_model
+from capsv.evaluation.pipeline import evaluate_list
 
 
 def _net(reference_dir, encoder):

@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from capsv.checkpoint import save_checkpoint
+from capsv.models.checkpoint import save_checkpoint
 from capsv.models import SpeakerNet
 
 from speech_like import make_corpus, write_train_list
@@ -269,7 +269,7 @@ def test_a_conversion_worker_that_dies_fails_the_run_instead_of_hanging(tmp_path
     """A worker of the --convert pool dies abruptly (here os._exit, as the OOM killer would
     kill it): the pool fails with a one-line error instead of waiting for its result forever."""
     script = ("import os, sys\n"
-              "from capsv.data.convert import parallel_map\n"
+              "from capsv.prep.convert import parallel_map\n"
               "from capsv.errors import CapsvError\n"
               "try:\n"
               "    list(parallel_map(os._exit, [3] * 8, 2, 'convert m4a', progress=False))\n"

@@ -76,7 +76,7 @@ def trial_kinds(corpus: str) -> dict:
 def breakdown(scores: np.ndarray, labels: np.ndarray, kinds: list[str]) -> dict:
     """EER on all trials, on targets vs hard non-targets (same language and gender), on
     cross-session targets vs all non-targets; minDCF (p=0.05, 0.01) on all trials."""
-    from capsv.metrics import compute_metrics
+    from capsv.evaluation.metrics import compute_metrics
     kinds = np.array(kinds)
     target = labels == 1
     hard = np.char.startswith(kinds.astype(str), "nontarget-hard")
@@ -91,8 +91,8 @@ def breakdown(scores: np.ndarray, labels: np.ndarray, kinds: list[str]) -> dict:
 
 def evaluate(args) -> int:
     import torch
-    from capsv.checkpoint import load_model, read_checkpoint
-    from capsv.evaluate import evaluate_list
+    from capsv.models.checkpoint import load_model, read_checkpoint
+    from capsv.evaluation.pipeline import evaluate_list
     torch.set_num_threads(1)
     kinds = trial_kinds(args.corpus)
     models = sorted(glob.glob(os.path.join(args.run, "model", "curve*.model")))

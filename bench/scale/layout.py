@@ -92,7 +92,7 @@ def build_pool(root: str, speakers: int = POOL_SPEAKERS,
                progress: bool = False) -> tuple[list[str], list[str]]:
     """(wav clips, m4a clips): absolute paths of the pool, generated once under root/pool
     (root/pool-<speakers> for a pool of another size: tests use one of short clips)."""
-    from capsv.data.synth import CorpusConfig, generate_corpus
+    from capsv.prep.synth.corpus import CorpusConfig, generate_corpus
 
     suffix = "" if speakers == POOL_SPEAKERS else f"-{speakers}"
     out = os.path.join(root, "pool" + suffix)

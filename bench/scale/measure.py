@@ -240,7 +240,7 @@ def measure_eval(args, where: dict) -> None:
     initialised ResNetSE34L: time and peak memory, per 1,000 files."""
     import torch
 
-    from capsv.evaluate import evaluate_list
+    from capsv.evaluation.pipeline import evaluate_list
     from capsv.models import SpeakerNet
 
     torch.manual_seed(0)
@@ -267,8 +267,8 @@ def measure_eval(args, where: dict) -> None:
 def measure_scoring(args, where: dict) -> None:
     """Scoring an O- or E-size trial list from synthetic features of the real shapes.
 
-    TAP: capsv.evaluate.score_pairs over the whole list (10 unit embeddings a file).
-    CAP: capsv.cap_scoring.GroupedCapScorer (what score_pairs uses for fixed crops) on the
+    TAP: capsv.evaluation.scoring.score_pairs over the whole list (10 unit embeddings a file).
+    CAP: capsv.evaluation.cap_scoring.GroupedCapScorer (what score_pairs uses for fixed crops) on the
     trials of a random sample of support files (~``--sample_trials`` trials), extrapolated
     linearly to the list. Every file's features are one shared tensor seen through a
     zero-stride view (E's 145 k files would need 131 GB of real CAP features): the arithmetic
@@ -276,11 +276,12 @@ def measure_scoring(args, where: dict) -> None:
     the time of scoring features that stream from RAM or disk."""
     import torch
 
-    from capsv.cap_scoring import GroupedCapScorer
+    from capsv.evaluation.cap_scoring import GroupedCapScorer
     from capsv.data.lists import read_trials, trial_files
-    from capsv.evaluate import FileFeatures, score_pairs
-    from capsv.metrics import compute_metrics
-    from capsv.pooling import CAP
+    from capsv.evaluation.extract import FileFeatures
+    from capsv.evaluation.scoring import score_pairs
+    from capsv.evaluation.metrics import compute_metrics
+    from capsv.models.pooling import CAP
 
     torch.manual_seed(0)
     trials = read_trials(where[f"trial_{args.variant}"])

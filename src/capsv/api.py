@@ -8,7 +8,7 @@
 Verification(score=0.8412..., threshold=0.9503..., same_speaker=False)
 
 Scores follow the paper's evaluation protocol (spec §5) exactly, through the same code as
-``capsv eval``: each input gives ``num_eval`` (10) crops of ``eval_frames`` (350) frames;
+``capsv eval``: each input gives ``num_eval`` crops of ``eval_frames`` frames (the paper's 10 x 3.5 s);
 TAP/SAP score the mean of the 10 x 10 crop cosine matrix, CAP scores the pair with the
 first input as support and the second as query. ``eval_frames=0`` scores whole utterances.
 
@@ -39,12 +39,15 @@ import numpy as np
 import torch
 
 from .audio import INT16_SCALE, SAMPLE_RATE, audio_info, resample, reset_rate_warnings
-from .checkpoint import is_capsv, load_model
+from .models.checkpoint import is_capsv, load_model
 from .errors import CapsvError
-from .eval_policy import EVAL_SHORT, choose_eval_frames
-from .evaluate import FileFeatures, extract_features, score_pairs, short_files_message
+from .evaluation.extract import FileFeatures, extract_features
+from .evaluation.inputs import short_files_message
+from .evaluation.policy import EVAL_SHORT, choose_eval_frames
+from .evaluation.scoring import score_pairs
 from .models import SpeakerNet
 from .utils import resolve_device
+from .protocol import EVAL_FRAMES, NUM_EVAL, protocol_of
 
 INPUT_SCALES = ("auto", "int16", "unit")
 
@@ -77,7 +80,7 @@ class SpeakerVerifier:
     would ruin their embeddings; a warning says so), ``"pad"`` always uses the crops.
     """
 
-    def __init__(self, net: SpeakerNet, *, eval_frames: int = 350, num_eval: int = 10,
+    def __init__(self, net: SpeakerNet, *, eval_frames: int = EVAL_FRAMES, num_eval: int = NUM_EVAL,
                  threshold: float | None = None, device: str | torch.device = "auto",
                  input_scale: str = "auto", sample_rate: int | None = None,
                  eval_short: str = "auto"):
@@ -100,7 +103,7 @@ class SpeakerVerifier:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto", model: str | None = None,
                         encoder_type: str | None = None, nOut: int | None = None,
-                        eval_frames: int = 350, num_eval: int = 10,
+                        eval_frames: int | None = None, num_eval: int | None = None,
                         input_scale: str = "auto",
                         sample_rate: int | None = None) -> "SpeakerVerifier":
         """Load a capsv checkpoint (config and threshold inside) or a reference state_dict.
@@ -108,7 +111,9 @@ class SpeakerVerifier:
         A reference state_dict does not record its backbone: pass ``model="ResNetSE34L"``
         (or ``"ResNetSE34"``); ``encoder_type`` and ``nOut`` are read from its tensors.
         The threshold is ``meta["eer_threshold"]`` of a capsv checkpoint (the EER point of the
-        trainer's last evaluation), else None. ``device="auto"``: CUDA when available, as
+        trainer's last evaluation), else None. ``eval_frames`` / ``num_eval`` default to the
+        protocol stored beside that threshold (``meta["eval_protocol"]``); a checkpoint without
+        one gets the paper's 10 x 350, with a logged note. ``device="auto"``: CUDA when available, as
         ``capsv eval`` and ``capsv verify``.
 
         >>> sv = SpeakerVerifier.from_checkpoint("ResNetSE34L_CAP.model", model="ResNetSE34L")
@@ -117,6 +122,9 @@ class SpeakerVerifier:
         net, ckpt = load_model(os.fspath(path), model, encoder_type, nOut, device=device)
         meta = (ckpt.get("meta") or {}) if is_capsv(ckpt) else {}
         threshold = meta.get("eer_threshold")
+        stored = protocol_of(meta, os.fspath(path))
+        eval_frames = stored.eval_frames if eval_frames is None else eval_frames
+        num_eval = stored.num_eval if num_eval is None else num_eval
         return cls(net, eval_frames=eval_frames, num_eval=num_eval, threshold=threshold,
                    device=device, input_scale=input_scale, sample_rate=sample_rate)
 
@@ -160,7 +168,8 @@ class SpeakerVerifier:
         """Score a pair and decide: same speaker when ``score >= threshold``.
 
         ``threshold`` defaults to the one stored in the checkpoint. It only makes sense for
-        the protocol it was measured with (by default 10 crops x 350 frames, no score norm).
+        the protocol it was measured with, which :meth:`from_checkpoint` takes from the checkpoint
+        (no score norm).
 
         >>> result = sv.verify("a.wav", "b.wav")
         >>> result.same_speaker, result.score
@@ -221,7 +230,7 @@ class SpeakerVerifier:
     def _collect(self, inputs: list, sample_rate: int | None = None) -> tuple[list, list[int], int]:
         """Distinct sources (paths, or 16 kHz int16-scale float32 waveforms), each input's
         index and the eval_frames for this call: 0 (whole utterances) when most inputs are
-        shorter than one crop and ``eval_short="auto"`` (capsv.eval_policy), with a warning;
+        shorter than one crop and ``eval_short="auto"`` (capsv.evaluation.policy), with a warning;
         otherwise ``self.eval_frames``, warning when some inputs are short (as ``capsv eval``)."""
         default_rate = self.sample_rate if sample_rate is None else _checked_rate(sample_rate)
         reset_rate_warnings()             # each call says once per file what it resampled

@@ -1,6 +1,6 @@
 """The whole mission on a laptop: built-in corpus -> train CAP and TAP -> verify unseen speakers.
 
-``run_demo`` generates the procedural corpus (:mod:`capsv.data.synth`) if it is not there,
+``run_demo`` generates the procedural corpus (:mod:`capsv.prep.synth.corpus`) if it is not there,
 scores its held-out speakers' trials with two hand-made baselines (mean MFCC cosine, MFCC
 mean+std cosine), trains ResNetSE34L with TAP and with CAP, scores the same trials with both,
 prints a side-by-side table and writes a report folder (DET curves, score histograms, scores,
@@ -14,7 +14,7 @@ would make the result depend on the CPU). The two networks train side by side in
 processes with one core each: on a 2-core machine that is faster than two threads each, one
 after the other, because a thread per model wastes no time waiting for the other. The
 trainer evaluates along the way (the learning curve) and, since most demo files are shorter
-than one 3.5 s crop, scores whole utterances (capsv.eval_policy), as the demo's final scoring
+than one 3.5 s crop, scores whole utterances (capsv.evaluation.policy), as the demo's final scoring
 does.
 """
 from __future__ import annotations
@@ -31,12 +31,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .baseline import evaluate_baselines
-from .checkpoint import load_model
-from .data.synth import DEMO_CORPUS, SYNTH_VERSION, CorpusConfig, generate_corpus
-from .evaluate import evaluate_list
-from .report import write_comparison, write_report
+from .evaluation.baseline import evaluate_baselines
+from .evaluation.pipeline import evaluate_list
+from .evaluation.report import write_comparison, write_report
 from .errors import CapsvError
+from .models.checkpoint import load_model
+from .prep.synth.corpus import DEMO_CORPUS, SYNTH_VERSION, CorpusConfig, generate_corpus
+from .protocol import EVAL_FRAMES, NUM_EVAL
 from .train import latest_checkpoint, train
 from .utils import atomic_write_text
 
@@ -51,8 +52,8 @@ class DemoPlan:
     lr: float = 0.003
     warmup: float = 0.05
     curve_points: int = 4        # evaluations along the run (learning_curve.png)
-    eval_frames: int = 350       # the paper's; whole utterances when most test files are shorter
-    num_eval: int = 10
+    eval_frames: int = EVAL_FRAMES  # the paper's; whole utterances when most test files are shorter
+    num_eval: int = NUM_EVAL
     side_by_side: bool = True    # train TAP and CAP at once, each on half of the cores
 
 

@@ -37,9 +37,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import __version__
-from .audio import SAMPLE_RATE, crop_samples
+from .protocol import EVAL_FRAMES, HOP, NUM_EVAL, SAMPLE_RATE, WINDOW_EXTRA, crop_samples
 from .errors import CapsvError
-from .features import LogMelFrontEnd
+from .models.features import LogMelFrontEnd
 from .models import SpeakerNet
 from .utils import atomic_path, atomic_write_text
 
@@ -54,7 +54,7 @@ class ExportError(CapsvError):
 
 
 class DFTLogMelFrontEnd(nn.Module):
-    """:class:`~capsv.features.LogMelFrontEnd` with the STFT as a Conv1d over a DFT basis.
+    """:class:`~capsv.models.features.LogMelFrontEnd` with the STFT as a Conv1d over a DFT basis.
 
     Same input and output: waveform (B, samples), int16 scale -> (B, n_mels, frames).
     Reflect padding by n_fft/2, then a Conv1d whose 2 * (n_fft/2 + 1) kernels are the
@@ -119,7 +119,7 @@ def graphs_for(net: SpeakerNet, stft: str = "dft") -> dict[str, tuple[nn.Module,
         raise ExportError(f"unknown --stft {stft!r}; choose one of {', '.join(STFT_MODES)}")
     net = net.eval()
     frontend = DFTLogMelFrontEnd(net.frontend) if stft == "dft" else net.frontend
-    wave = torch.randn(2, 16240) * 3000
+    wave = torch.randn(2, crop_samples(100)) * 3000
     wave_spec = {"inputs": {"waveform": ["batch", "samples"]}}
     if not net.pairwise:
         return {"embedding": (_WaveGraph(net, frontend, embed=True).eval(), (wave,),
@@ -236,7 +236,7 @@ def check_export(name: str, path: str, fmt: str, net: SpeakerNet) -> float:
     return max(float(np.abs(np.asarray(g) - e.numpy()).max()) for g, e in zip(got, expected))
 
 
-def recipe(pairwise: bool, eval_frames: int = 350, num_eval: int = 10) -> dict:
+def recipe(pairwise: bool, eval_frames: int = EVAL_FRAMES, num_eval: int = NUM_EVAL) -> dict:
     """From audio files to a score with the exported graphs, as ``capsv verify`` does it."""
     whole = eval_frames <= 0
     steps = {
@@ -249,7 +249,7 @@ def recipe(pairwise: bool, eval_frames: int = 350, num_eval: int = 10) -> dict:
         "crop_samples": 0 if whole else crop_samples(eval_frames),
         "num_crops": 1 if whole else num_eval,
         "crops": ("the whole file as one crop (batch 1), no padding" if whole else
-                  f"crop = eval_frames * 160 + 240 samples; a file of n <= crop samples is "
+                  f"crop = eval_frames * {HOP} + {WINDOW_EXTRA} samples; a file of n <= crop samples is "
                   f"zero-padded by floor((crop - n + 1) / 2) on both sides (the paper's rule); "
                   f"crop starts = int(linspace(0, padded_length - crop, num_crops)); "
                   f"the crops form one batch (num_crops, crop)"),
@@ -273,8 +273,8 @@ def recipe(pairwise: bool, eval_frames: int = 350, num_eval: int = 10) -> dict:
 
 def export_model(net: SpeakerNet, out_dir: str, fmt: str = "onnx", stft: str = "dft",
                  opset: int = DEFAULT_OPSET, check: bool = True, threshold: float | None = None,
-                 source: str | None = None, exporter: str = "auto", eval_frames: int = 350,
-                 num_eval: int = 10) -> dict:
+                 source: str | None = None, exporter: str = "auto", eval_frames: int = EVAL_FRAMES,
+                 num_eval: int = NUM_EVAL) -> dict:
     """Export every graph of ``net`` into ``out_dir``; returns (and writes) the manifest.
 
     ``eval_frames`` and ``num_eval``: the protocol written into the manifest's recipe."""
@@ -283,7 +283,7 @@ def export_model(net: SpeakerNet, out_dir: str, fmt: str = "onnx", stft: str = "
     net = net.cpu().eval()
     os.makedirs(out_dir, exist_ok=True)
     manifest = {"capsv_version": __version__, "format": fmt, "model_config": dict(net.config),
-                "source_checkpoint": source, "sample_rate": 16000,
+                "source_checkpoint": source, "sample_rate": SAMPLE_RATE,
                 "input_scale": "int16 (float32 values -32768..32767, not divided by 32768)",
                 "protocol": (f"{num_eval} crops of {crop_samples(eval_frames)} samples "
                              f"({eval_frames} frames) per file, see recipe" if eval_frames > 0

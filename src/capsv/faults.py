@@ -13,7 +13,7 @@ Set ``CAPSV_FAULT`` before starting a run; unset (the normal case) every hook is
 - ``kill_during_eval:N``    SIGKILL in the middle of the N-th evaluation (features read,
   trials not yet scored).
 - ``kill_during_extract:N`` SIGKILL after the N-th batch of evaluation files is extracted
-  (a feature store half written, ``capsv.feature_store``).
+  (a feature store half written, ``capsv.evaluation.feature_store``).
 - ``nan_loss:N``            make the loss of the N-th step NaN (not a kill).
 - ``pause_after_step:N``    after the N-th optimiser step, print ``capsv-fault: paused``
   to stderr and wait (at most a minute) until the run has received SIGINT/SIGTERM: a test

@@ -67,17 +67,23 @@ def new_temp_beside(path: str) -> str:
 
 
 @contextmanager
-def atomic_path(path: str):
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
-    An OSError without a file name (a write that hit a full disk) is given ``path``'s."""
+def atomic_path(path: str, fsync: bool = True, temp: str | None = None):
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success (the
+    one atomic writer of the package: every file capsv writes goes through it).
+    An OSError without a file name (a write that hit a full disk) is given ``path``'s.
+
+    ``fsync=False``: skip flushing to disk before the rename (bulk outputs that a rerun
+    rebuilds, e.g. a million converted clips); ``temp``: a fixed temporary name instead of a
+    fresh hidden one (a name a later stage or the user recognises)."""
     directory = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
         os.makedirs(directory, exist_ok=True)
-        tmp = new_temp_beside(path)
+        tmp = temp if temp is not None else new_temp_beside(path)
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         if exc.filename is not None:

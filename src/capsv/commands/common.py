@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..protocol import EVAL_FRAMES, NUM_EVAL
+
 from ..models import BACKBONES
-from ..pooling import POOLINGS
+from ..models.pooling import POOLINGS
 
 
 def add_model_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
@@ -24,9 +26,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--test_list", help="trial list, lines '<0|1> <path1> <path2>'")
     g.add_argument("--test_path", default="", help="root folder the trial paths are relative to")
-    g.add_argument("--eval_frames", type=int, default=350,
+    g.add_argument("--eval_frames", type=int, default=EVAL_FRAMES,
                    help="frames per evaluation crop (350 = 3.5 s); 0 = whole utterance (default: %(default)s)")
-    g.add_argument("--num_eval", type=int, default=10,
+    g.add_argument("--num_eval", type=int, default=NUM_EVAL,
                    help="evaluation crops per file (default: %(default)s)")
     g.add_argument("--on_bad_audio", choices=("error", "skip"), default="error",
                    help="an unreadable, empty, truncated or wrong-rate audio file: 'error' stops "

@@ -6,10 +6,11 @@ import argparse
 import os
 
 from ..audio import AUDIO_EXTENSIONS
-from ..checkpoint import load_model
+from ..models.checkpoint import load_model
 from ..data.lists import read_audio_list
-from ..embeddings import embed_files, find_audio, read_wav_scp, write_embeddings
-from ..evaluate import EvalInputError, validate_files, warn_if_crops_are_mostly_padding
+from ..evaluation.embeddings import embed_files, find_audio, read_wav_scp, write_embeddings
+from ..evaluation.inputs import EvalInputError, validate_files, warn_if_crops_are_mostly_padding
+from ..protocol import EVAL_FRAMES
 from ..utils import resolve_device
 from .common import add_model_args, add_runtime_args
 
@@ -54,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output file, .npz or .ark")
     add_model_args(p, defaults=False)
     g = p.add_argument_group("protocol")
-    g.add_argument("--eval_frames", type=int, default=350,
+    g.add_argument("--eval_frames", type=int, default=EVAL_FRAMES,
                    help="frames per crop; 0 = whole utterance (default: %(default)s)")
     g.add_argument("--num_eval", type=int, default=10, help="crops per file (default: %(default)s)")
     g.add_argument("--strict_audio", action="store_true",
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         raise EvalInputError("give the files to embed with --test_list LIST, --dir FOLDER or "
                              "--wav_scp FILE")
     if args.out.endswith(".ark"):
-        from ..embeddings import _kaldiio
+        from ..evaluation.embeddings import _kaldiio
         _kaldiio()   # fail before the heavy work when kaldiio is missing
     keys, files, root, source = _inputs(args)
     lengths: dict[str, int] = {}

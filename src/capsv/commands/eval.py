@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..checkpoint import load_model
-from ..evaluate import EvalInputError, ScoreNorm, evaluate_list
+from ..models.checkpoint import load_model
+from ..evaluation.inputs import EvalInputError
+from ..evaluation.pipeline import ScoreNorm, evaluate_list
 from ..utils import atomic_write_text, resolve_device
 from .common import add_eval_args, add_model_args, add_runtime_args
 
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save_scores:
         atomic_write_text(args.save_scores, "\n".join(result.score_lines()) + "\n")
     if args.report:
-        from ..report import write_report
+        from ..evaluation.report import write_report
         extra = {"eval_frames": args.eval_frames, "num_eval": args.num_eval,
                  "score_norm": args.score_norm}
         if result.raw_metrics is not None:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..checkpoint import is_capsv, load_model
+from ..models.checkpoint import is_capsv, load_model
 from ..export import DEFAULT_OPSET, FORMATS, ONNX_EXPORTERS, STFT_MODES, export_model
+from ..protocol import protocol_of
 from .common import add_model_args
 
 HELP = "export a checkpoint to ONNX or TorchScript"
@@ -43,9 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch exporter: auto = legacy (TorchScript-based) for --stft dft, "
                    "dynamo for --stft native (default: %(default)s)")
     g = p.add_argument_group("protocol written into export.json's recipe")
-    g.add_argument("--eval_frames", type=int, default=350,
-                   help="frames per crop; 0 = whole utterance (default: %(default)s)")
-    g.add_argument("--num_eval", type=int, default=10, help="crops per file (default: %(default)s)")
+    g.add_argument("--eval_frames", type=int, default=None,
+                   help="frames per crop; 0 = whole utterance (default: the protocol stored in "
+                   "the checkpoint with its threshold, else 350)")
+    g.add_argument("--num_eval", type=int, default=None,
+                   help="crops per file (default: the checkpoint's protocol, else 10)")
     p.add_argument("--no_check", action="store_true",
                    help="skip running the exported graphs against PyTorch")
     p.add_argument("--config", help="YAML file of flag values; flags typed on the command line "
@@ -54,11 +57,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     net, ckpt = load_model(args.initial_model, args.model, args.encoder_type, args.nOut, device="cpu")
-    threshold = (ckpt.get("meta") or {}).get("eer_threshold") if is_capsv(ckpt) else None
+    meta = (ckpt.get("meta") or {}) if is_capsv(ckpt) else {}
+    threshold = meta.get("eer_threshold")
+    stored = protocol_of(meta, args.initial_model)   # the protocol the threshold belongs to
+    eval_frames = stored.eval_frames if args.eval_frames is None else args.eval_frames
+    num_eval = stored.num_eval if args.num_eval is None else args.num_eval
     manifest = export_model(net, args.out, args.format, stft=args.stft, opset=args.opset,
                             check=not args.no_check, threshold=threshold,
                             source=args.initial_model, exporter=args.onnx_exporter,
-                            eval_frames=args.eval_frames, num_eval=args.num_eval)
+                            eval_frames=eval_frames, num_eval=num_eval)
     for name, entry in manifest["graphs"].items():
         diff = entry.get("max_abs_diff_vs_pytorch")
         note = f" (max |diff| vs PyTorch {diff:.2e})" if diff is not None else ""

@@ -6,8 +6,8 @@ import getpass
 import os
 import sys
 
-from ..data import voxceleb
-from ..data.download import Credentials, read_parts_list
+from ..prep import voxceleb
+from ..prep.download import Credentials, read_parts_list
 
 HELP = "download and prepare VoxCeleb, its lists and the augmentation data"
 DESCRIPTION = """\
@@ -150,9 +150,9 @@ def run(args: argparse.Namespace) -> int:
     if "lists" in steps:
         problems += make_lists(args, save_path, dataset_dir, progress)
     if "augment" in steps:
-        from ..data import augment
-        aug_table = read_parts_list(args.aug_parts_list) if args.aug_parts_list else augment.AUGMENT_FILES
-        musan, rirs = augment.prepare_augment(save_path, aug_table, args.aug_base_url,
+        from ..prep import musan as musan_prep
+        aug_table = read_parts_list(args.aug_parts_list) if args.aug_parts_list else musan_prep.AUGMENT_FILES
+        musan, rirs = musan_prep.prepare_augment(save_path, aug_table, args.aug_base_url,
                                               workers=args.workers, progress=progress)
         print(f"augmentation data ready: --musan_path {musan} --rir_path {rirs}")
 

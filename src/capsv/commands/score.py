@@ -7,9 +7,9 @@ import os
 import numpy as np
 
 from ..data.lists import read_trials
-from ..embeddings import EmbeddingError, attach_norms, lookup, read_embeddings
-from ..metrics import compute_metrics
-from ..scorenorm import adaptive_snorm, cohort_stats
+from ..evaluation.embeddings import EmbeddingError, attach_norms, lookup, read_embeddings
+from ..evaluation.metrics import compute_metrics
+from ..evaluation.scorenorm import cohort_stats, normalise_pairs
 from ..utils import atomic_write_text
 
 HELP = "score a trial list from embeddings stored by 'capsv embed' (TAP/SAP)"
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = compute_metrics(scores, labels)
         print("\n".join(metrics.lines()), flush=True)
         if args.report:
-            from ..report import write_report
+            from ..evaluation.report import write_report
             write_report(args.report, scores, labels, trials=trials, name=args.embeddings)
     else:
         print(f"scored {len(trials)} trials (metrics need both target and non-target trials)")
@@ -85,5 +85,5 @@ def _asnorm(args, data, emb, scores, rows1, rows2) -> np.ndarray:
         if os.path.normpath(key) in cohort_rows:                  # a file is not its own cohort
             table[row, cohort_rows[os.path.normpath(key)]] = -np.inf
     mean, std = cohort_stats(table, args.top_n)
-    side1, side2 = inverse[:len(rows1)], inverse[len(rows1):]
-    return adaptive_snorm(scores, mean[side1], std[side1], mean[side2], std[side2])
+    sides = np.stack([inverse[:len(rows1)], inverse[len(rows1):]], axis=1)   # (trials, 2)
+    return normalise_pairs(scores, sides, mean, std)

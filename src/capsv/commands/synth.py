@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..data.synth import DEMO_CORPUS, PRESETS, QUICK_CORPUS, generate_corpus, preset
+from ..prep.synth.corpus import DEMO_CORPUS, PRESETS, QUICK_CORPUS, generate_corpus, preset
 
 HELP = "generate a synthetic multi-speaker corpus (VoxCeleb layout; no download)"
 DESCRIPTION = f"""\

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from ..distributed import from_env
-from ..losses import LOSSES
+from ..train.distributed import from_env
+from ..train.losses import LOSSES
 from ..train import TrainConfig, train
 from .common import add_eval_args, add_model_args, add_runtime_args
 
@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="fixes initial weights, batches and crops (default: %(default)s)")
     g.add_argument("--augment", action="store_true",
                    help="add MUSAN noise and RIR reverberation (needs --musan_path and --rir_path)")
+    g.add_argument("--speed_perturb", action="store_true",
+                   help="also train on every utterance at 0.9x and 1.1x speed, each speed as new "
+                        "speakers (the speaker count triples; Kaldi/WeSpeaker recipe)")
     g.add_argument("--musan_path", help="MUSAN folder, for --augment")
     g.add_argument("--rir_path", help="RIR folder (simulated_rirs), for --augment")
 

@@ -9,8 +9,9 @@ from .common import add_model_args
 
 HELP = "score two audio files and decide whether they are the same speaker"
 DESCRIPTION = """\
-Score one pair of recordings with the evaluation protocol of 'capsv eval' (10 crops of 350
-frames; CAP pairs the first file as support with the second as query) and decide with a
+Score one pair of recordings with the evaluation protocol the checkpoint's threshold was
+measured with (stored by the trainer; the paper's 10 crops of 350 frames for checkpoints
+without one, or as --eval_frames / --num_eval say; CAP pairs the first file as support with the second as query) and decide with a
 threshold: --threshold, else the one stored in a capsv checkpoint (the EER point of the
 trainer's last evaluation). Prints:
 
@@ -37,9 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
     add_model_args(p, defaults=False)
     g = p.add_argument_group("protocol")
-    g.add_argument("--eval_frames", type=int, default=350,
-                   help="frames per crop; 0 = whole utterance (default: %(default)s)")
-    g.add_argument("--num_eval", type=int, default=10, help="crops per file (default: %(default)s)")
+    g.add_argument("--eval_frames", type=int, default=None,
+                   help="frames per crop; 0 = whole utterance (default: the protocol stored in "
+                   "the checkpoint with its threshold, else 350)")
+    g.add_argument("--num_eval", type=int, default=None,
+                   help="crops per file (default: the checkpoint's protocol, else 10)")
     g.add_argument("--strict_audio", action="store_true",
                    help="refuse audio that is not 16 kHz instead of resampling it")
     p.add_argument("--device", default="auto",

@@ -1,42 +1,24 @@
-"""Data augmentation: MUSAN noise / babble / music, room impulse responses, speed perturbation.
-
-Online use (the training data loader)::
+"""Online data augmentation: MUSAN noise / babble / music, room impulse responses (the
+training data loader; speed perturbation is :mod:`capsv.data.speed`)::
 
     aug = Augmenter("data/musan_split", "data/RIRS_NOISES/simulated_rirs")
     crop = aug(crop, rng)          # float32, int16 scale, same length
 
-Preparation (``capsv prepare --augment``): :func:`prepare_augment` downloads MUSAN (OpenSLR 17)
-and the simulated RIRs (OpenSLR 28), extracts them and cuts MUSAN into 5 s pieces.
-
+The data it reads is prepared by :mod:`capsv.prep.musan` (``capsv prepare --augment``).
 This module does not import torch, so it is cheap in DataLoader workers.
 """
 from __future__ import annotations
 
-import functools
 import os
-import re
-from fractions import Fraction
 
 import numpy as np
 import soundfile as sf
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import CapsvError
+from ..prep.convert import find_files
+from ..protocol import INT16_SCALE, SAMPLE_RATE
 from ..special_files import not_regular
-from .archive import extract_archive
-from .convert import find_files, parallel_map, write_wav_atomic
-from .download import STATE_DIR, Downloader, RemoteFile
 
-SAMPLE_RATE = 16000
-INT16_SCALE = 32768.0
-SEGMENT_SECONDS = 5
-
-AUGMENT_FILES = [
-    RemoteFile("rirs_noises.zip", "e6f48e257286e05de56413b4779d8ffb",
-               "https://www.openslr.org/resources/28/rirs_noises.zip"),
-    RemoteFile("musan.tar.gz", "0c472d4fc0c5141eca47ad1ffeb2a7df",
-               "https://www.openslr.org/resources/17/musan.tar.gz"),
-]
 
 
 class AugmentError(CapsvError):
@@ -164,145 +146,3 @@ def read_crop(path: str, length: int, rng: np.random.Generator) -> np.ndarray:
         return _mono(f.read(length, dtype="float32"))
 
 
-# -- speed perturbation ----------------------------------------------------------------------
-
-SPEED_SUFFIX = re.compile(r"_sp(\d+(?:\.\d+)?)$")
-
-
-def add_speed_speakers(items: list[tuple[str, str]],
-                       speeds: tuple[float, ...] = (0.9, 1.1)) -> list[tuple[str, str]]:
-    """Triple a train list for speed perturbation: speed-changed audio counts as new speakers.
-
-    Returns ``items`` unchanged, followed by one copy per speed whose speaker is renamed
-    ``<speaker>_sp<speed>`` (``id00012_sp0.9``, ``id00012_sp1.1``), paths unchanged. The
-    loader recovers the speed of an item with :func:`speaker_speed` and applies it with
-    :func:`speed_perturb`. The number of classes grows to ``(1 + len(speeds)) *`` speakers.
-    """
-    out = list(items)
-    for speed in speeds:
-        if speed <= 0 or speed == 1:
-            raise ValueError(f"speeds must be positive and not 1, got {speed}")
-        out += [(f"{speaker}_sp{speed:g}", path) for speaker, path in items]
-    return out
-
-
-def speaker_speed(speaker: str) -> float:
-    """The speed encoded in a speaker label by :func:`add_speed_speakers` (1.0 if none)."""
-    match = SPEED_SUFFIX.search(speaker)
-    return float(match.group(1)) if match else 1.0
-
-
-def speed_input_length(out_length: int, speed: float) -> int:
-    """Input samples to read so that ``speed_perturb`` yields at least ``out_length`` samples."""
-    return int(np.ceil((out_length - 1) * speed)) + 1
-
-
-def speed_perturb(audio: np.ndarray, speed: float, taps: int = 32) -> np.ndarray:
-    """Play ``audio`` ``speed`` times faster (tempo and pitch, like ``sox speed``).
-
-    ``audio`` (n,) -> (floor((n - 1) / speed) + 1,) float32: output sample m is the input
-    band-limited-interpolated at position ``m * speed`` with a Kaiser-windowed sinc (``taps``
-    input samples each side), low-passed at 0.95 * min(1, 1/speed) of the input Nyquist so that
-    nothing aliases (stop band about -65 dB). ``speed`` is used as a fraction p/q (q <= 1000).
-
-    To make a training crop of L samples, read ``speed_input_length(L, speed)`` input samples,
-    perturb, and keep the first L. About 10 ms for a 3.5 s crop.
-    """
-    if speed <= 0:
-        raise ValueError(f"speed must be positive, got {speed}")
-    if speed == 1:
-        return audio.astype(np.float32, copy=True)
-    step, phases, kernels = _speed_kernels(float(speed), taps)
-    n_out = (len(audio) - 1) * phases // step + 1
-    padded = np.pad(audio.astype(np.float32), (taps - 1, taps))
-    windows = sliding_window_view(padded, 2 * taps)    # windows[b]: the inputs around position b
-    out = np.empty(n_out, np.float32)
-    # outputs m0, m0 + q, m0 + 2q, ... share one fractional phase and advance p inputs each
-    for m0 in range(min(phases, n_out)):
-        base, phase = divmod(m0 * step, phases)
-        count = len(range(m0, n_out, phases))
-        out[m0::phases] = windows[base: base + count * step: step] @ kernels[phase]
-    return out
-
-
-@functools.lru_cache(maxsize=8)
-def _speed_kernels(speed: float, taps: int, beta: float = 6.0) -> tuple[int, int, np.ndarray]:
-    """(p, q, kernels (q, 2*taps)) for speed = p/q: one interpolation kernel per phase r/q."""
-    ratio = Fraction(speed).limit_denominator(1000)
-    cutoff = 0.95 * min(1.0, 1.0 / speed)
-    distance = np.arange(-taps + 1, taps + 1)[None, :] - (np.arange(ratio.denominator) / ratio.denominator)[:, None]
-    window = np.i0(beta * np.sqrt(np.clip(1 - (distance / taps) ** 2, 0, 1))) / np.i0(beta)
-    kernels = cutoff * np.sinc(cutoff * distance) * window
-    kernels /= kernels.sum(axis=1, keepdims=True)                         # unit gain at DC
-    kernels = kernels.astype(np.float32)
-    kernels.setflags(write=False)
-    return ratio.numerator, ratio.denominator, kernels
-
-
-# -- preparation -----------------------------------------------------------------------------
-
-def prepare_augment(save_path: str, files: list[RemoteFile], base_url: str | None = None,
-                    workers: int = 1, progress: bool = True, jobs: int = 2) -> tuple[str, str]:
-    """Download, extract and cut the augmentation data; return (musan_path, rir_path).
-
-    ``base_url`` (when given) replaces the URLs in ``files``. Every stage is skipped when done.
-    """
-    items = [RemoteFile(f.name, f.md5, None if base_url else f.url) for f in files]
-    Downloader(save_path, base_url, jobs=jobs, progress=progress).fetch_all(items)
-    for item in items:
-        marker = os.path.join(save_path, STATE_DIR, "extracted", item.name)
-        if not os.path.isfile(marker):
-            extract_archive(os.path.join(save_path, item.name), save_path, progress=progress)
-            os.makedirs(os.path.dirname(marker), exist_ok=True)
-            open(marker, "w").close()
-    musan, rirs = os.path.join(save_path, "musan"), os.path.join(save_path, "RIRS_NOISES", "simulated_rirs")
-    for folder in (musan, rirs):
-        if not os.path.isdir(folder):
-            raise AugmentError(f"{folder}: not found after extraction; are the archives MUSAN "
-                               "(musan/...) and RIRS_NOISES (RIRS_NOISES/...)?")
-    split = os.path.join(save_path, "musan_split")
-    split_musan(musan, split, workers, progress)
-    return split, rirs
-
-
-def split_musan(musan_dir: str, out_dir: str, workers: int = 1, progress: bool = True) -> int:
-    """Cut every MUSAN WAV into 5 s pieces ``<out>/<kind>/<set>/<name>/00000.wav`` (a shorter
-    file is kept whole; a trailing piece under 5 s is dropped). Returns the pieces written."""
-    done = os.path.join(out_dir, ".capsv-split-done")
-    if os.path.isfile(done):
-        return 0
-    sources = find_files(musan_dir, ".wav")
-    if not sources:
-        raise AugmentError(f"{musan_dir}: no .wav files to cut")
-    jobs = [(src, os.path.join(out_dir, os.path.splitext(os.path.relpath(src, musan_dir))[0]))
-            for src in sources]
-    written, failures = 0, []
-    for count, error in parallel_map(_cut_one, jobs, workers, desc="cut musan", progress=progress):
-        written += count
-        if error:
-            failures.append(error)
-    if failures:
-        raise AugmentError(f"{len(failures)} MUSAN files could not be cut, e.g. {failures[0]}")
-    open(done, "w").close()
-    return written
-
-
-def _cut_one(job: tuple[str, str]) -> tuple[int, str | None]:
-    source, folder = job
-    segment = SEGMENT_SECONDS * SAMPLE_RATE
-    try:
-        special = not_regular(source)
-        if special:
-            raise AugmentError(f"is {special}, not an audio file")
-        info = sf.info(source)
-        starts = range(0, max(info.frames - segment, 0) + 1, segment)
-        targets = [os.path.join(folder, f"{i:05d}.wav") for i in range(len(starts))]
-        if all(os.path.isfile(t) for t in targets):
-            return 0, None
-        data, rate = sf.read(source, dtype="int16", always_2d=True)
-        for start, target in zip(starts, targets):
-            if not os.path.isfile(target):
-                write_wav_atomic(target, data[start:start + segment, 0], rate)
-        return len(targets), None
-    except Exception as exc:
-        return 0, f"{source}: {exc}"

@@ -25,10 +25,12 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ..audio import AudioError, load_random_crop
 from ..errors import CapsvError
+from ..protocol import HOP, crop_samples
 from ..utils import file_sha256
 from ..workers import start_worker
 from .lists import KALDI_TRAIN_FILES, is_kaldi_data_dir, read_kaldi_data_dir, read_train_list
 from .sampler import SpeakerBatchSampler, SpeakerIndex
+from .speed import add_speed_speakers, speaker_speed, speed_input_length, speed_perturb
 
 
 class TrainDataError(CapsvError):
@@ -97,10 +99,21 @@ class TrainList:
             return "".join(file_sha256(os.path.join(self.list_path, f)) for f in KALDI_TRAIN_FILES)
         return file_sha256(self.list_path)
 
+    @property
+    def speeds(self) -> np.ndarray:
+        """(n_speakers,) the playback speed of each speaker's crops (1.0 but for the speakers
+        :func:`~capsv.data.speed.add_speed_speakers` made)."""
+        return np.array([speaker_speed(name) for name in self.speakers], dtype=np.float64)
+
     @classmethod
-    def read(cls, list_path: str, train_path: str, check_files: bool = True) -> "TrainList":
+    def read(cls, list_path: str, train_path: str, check_files: bool = True,
+             speeds: tuple[float, ...] = ()) -> "TrainList":
+        """``speeds`` (``--speed_perturb``: 0.9 and 1.1): each utterance also serves at these
+        speeds, as new speakers (the speaker count triples)."""
         # a Kaldi data directory (wav.scp + utt2spk) serves as a train list too
         items = read_kaldi_data_dir(list_path) if is_kaldi_data_dir(list_path) else read_train_list(list_path)
+        if speeds:
+            items = add_speed_speakers(items, speeds)
         names, relpaths = [speaker for speaker, _ in items], [rel for _, rel in items]
         del items                                   # 1 M tuples: gone before the paths are built
         speakers = sorted(set(names))
@@ -242,7 +255,8 @@ class TrainCrops(Dataset):
     """
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], max_frames: int,
-                 seed: int = 0, augment=None, on_bad_audio: str = "error"):
+                 seed: int = 0, augment=None, on_bad_audio: str = "error",
+                 speeds: Sequence[float] | None = None):
         self.paths = paths if isinstance(paths, PathArray) else PathArray.from_strings(paths)
         self.labels = np.asarray(labels, dtype=np.int64)
         if len(self.paths) != len(self.labels):
@@ -250,6 +264,8 @@ class TrainCrops(Dataset):
         self.speaker_index = SpeakerIndex.from_labels(self.labels)
         self.max_frames, self.seed, self.augment = max_frames, int(seed), augment
         self.on_bad_audio = on_bad_audio
+        # --speed_perturb: the playback speed of each label's crops (TrainList.speeds)
+        self.speeds = None if speeds is None else np.asarray(speeds, dtype=np.float64)
         self.epoch = 0
         self.bad_files: dict[str, str] = {}   # path -> why (filled by note_bad, in the parent)
 
@@ -289,13 +305,24 @@ class TrainCrops(Dataset):
         for step in range(len(same)):
             other = int(same[(start + step) % len(same)])
             try:
-                return load_random_crop(self.paths[other], self.max_frames, rng), bad
+                return self._read_crop(self.paths[other], int(self.labels[index]), rng), bad
             except AudioError as exc:
                 if self.on_bad_audio != "skip":
                     raise
                 bad.append((self.paths[other], str(exc)))
         raise TrainDataError(f"every utterance of the speaker of {self.paths[index]} is "
                              "unreadable; remove the speaker from the train list")
+
+    def _read_crop(self, path: str, label: int, rng: np.random.Generator) -> np.ndarray:
+        """A random crop of ``max_frames``; for a speed-perturbed speaker, a longer (0.9x) or
+        shorter (1.1x) stretch played at its speed, cut to the crop's length."""
+        speed = 1.0 if self.speeds is None else float(self.speeds[label])
+        if speed == 1.0:
+            return load_random_crop(path, self.max_frames, rng)
+        crop_len = crop_samples(self.max_frames)
+        wanted = speed_input_length(crop_len, speed)
+        frames = -(-(wanted - crop_samples(0)) // HOP)          # ceil: the crop holds it whole
+        return speed_perturb(load_random_crop(path, frames, rng), speed)[:crop_len]
 
     def note_bad(self, bad: list[tuple[str, str]]) -> None:
         """Record the bad files a batch met; warn once per file (in the training process)."""

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from . import BACKBONES
+from .backbones import BACKBONES
 
 
 class SELayer(nn.Module):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..features import LogMelFrontEnd
-from ..pooling import POOLINGS
-from . import BACKBONES
+from .features import LogMelFrontEnd
+from .pooling import POOLINGS
+from .backbones import BACKBONES
 
 
 class SpeakerNet(nn.Module):
@@ -14,7 +14,7 @@ class SpeakerNet(nn.Module):
 
     - :meth:`frames`: waveform (B, samples), int16 scale -> frame features (B, 128, T').
     - :meth:`embed`: waveform -> embeddings (B, nOut); instance-wise poolings (TAP, SAP) only.
-    - ``self.pooling``: the head; CAP's is pairwise (see :class:`capsv.pooling.CAP`).
+    - ``self.pooling``: the head; CAP's is pairwise (see :class:`capsv.models.pooling.CAP`).
     """
 
     def __init__(self, model: str = "ResNetSE34L", encoder_type: str = "TAP", nOut: int = 512):
