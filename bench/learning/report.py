@@ -105,7 +105,7 @@ def plot(runs: dict, out: str) -> None:
                 continue
             style = "-" if run["seed"] == "0" else "--"
             ax.plot([r["cpu_minutes"] for r in rows], [r[key] for r in rows], style, marker="o",
-                    color=colours[run["pooling"]], alpha=0.9 if run["variant"] == "quick" else 0.35,
+                    color=colours[run["pooling"]], alpha=0.9 if run["variant"] == "recipe" else 0.35,
                     label=name)
         ax.set_title(f"EER, {title} (whole utterances)")
         ax.set_xlabel("training CPU-minutes (one core)")
