@@ -48,8 +48,11 @@ def parallel_map(func: Callable[[T], R], items: list[T], workers: int, desc: str
         # An executor, not a Pool: when a worker dies (OOM-killed) a Pool waits forever for
         # its result, an executor fails every pending future with BrokenProcessPool.
         with ProcessPoolExecutor(min(workers, len(items)), mp_context=context) as pool:
-            pending = [pool.submit(_map_chunk, func, chunk) for chunk in chunks]
+            pending = []
             try:
+                # Inside the try: a worker that dies early breaks the pool during submit() too.
+                for chunk in chunks:
+                    pending.append(pool.submit(_map_chunk, func, chunk))
                 for done in as_completed(pending):
                     for result in done.result():
                         yield result
