@@ -113,7 +113,7 @@ class SpeakerVerifier:
         The threshold is ``meta["eer_threshold"]`` of a capsv checkpoint (the EER point of the
         trainer's last evaluation), else None. ``eval_frames`` / ``num_eval`` default to the
         protocol stored beside that threshold (``meta["eval_protocol"]``); a checkpoint without
-        one gets the paper's 10 x 350, with a logged note. ``device="auto"``: CUDA when available, as
+        one gets the paper's protocol (capsv.protocol.PAPER), with a logged note. ``device="auto"``: CUDA when available, as
         ``capsv eval`` and ``capsv verify``.
 
         >>> sv = SpeakerVerifier.from_checkpoint("ResNetSE34L_CAP.model", model="ResNetSE34L")
