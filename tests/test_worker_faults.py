@@ -75,10 +75,17 @@ def _command(root: Path, name: str, bad: str, workers: int, save: Path) -> list[
             "--save_path", str(save), *common]
 
 
+def _default_stop_signals() -> None:
+    """In the child: SIGINT/SIGTERM as in a foreground command. A test run started in the
+    background by a non-interactive shell inherits SIGINT ignored, and so would the command."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _start(args: list[str], **env) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "capsv.cli", *args], env=_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_stop_signals)
 
 
 def _alive(pid: int) -> bool:
