@@ -65,15 +65,17 @@ def _metrics(row: dict | None) -> str:
 
 def recipe_table(runs: dict) -> list[str]:
     """The shipped recipe: every kept point of every run, both protocols where measured."""
-    lines = ["| pooling | seed | CPU-min | steps | whole: EER all | hard | cross | minDCF "
+    lines = ["| pooling | seed | run of | CPU-min | steps | whole: EER all | hard | cross | minDCF "
              "| crops: EER all | hard | cross | minDCF |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in sorted(n for n, r in runs.items() if r["variant"] == "recipe"):
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    recipe = [n for n, r in runs.items() if r["variant"] == "recipe"]
+    for name in sorted(recipe, key=lambda n: (float(runs[n]["minutes"]), n)):
         run = runs[name]
         for steps in sorted({s for s, _ in run["points"]}):
             whole, crops = run["points"].get((steps, "whole")), run["points"].get((steps, "crops"))
             minutes = (whole or crops)["cpu_minutes"]
-            lines.append(f"| {run['pooling']} | {run['seed']} | {minutes:.1f} | {steps} | "
+            lines.append(f"| {run['pooling']} | {run['seed']} | {float(run['minutes']):g} min "
+                         f"| {minutes:.1f} | {steps} | "
                          f"{_metrics(whole)} | {_metrics(crops)} |")
     return lines
 

@@ -1,0 +1,65 @@
+"""The demo sweep (bench/learning/demo_sweep.py): every variant is a configuration the trainer
+accepts, compares at the demo's budget of crop-seconds unless it says otherwise, and the
+summary ranks variants by their measured EER."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench", "learning"))
+
+import demo_sweep  # noqa: E402
+
+from capsv.train.config import TrainConfig
+
+MORE_COMPUTE = {"2x-lr0.01": 2, "4x-lr0.01": 4}
+
+
+def crop_seconds(plan) -> float:
+    return plan.steps * plan.batch_size * plan.n_speakers * plan.max_frames / 100
+
+
+@pytest.mark.parametrize("name", sorted(demo_sweep.VARIANTS))
+def test_each_variant_is_a_valid_training_config_at_the_demos_budget(name, tmp_path):
+    encoders = ("TAP",) if name in demo_sweep.TAP_ONLY else ("TAP", "CAP")
+    for encoder in encoders:
+        plan, config = demo_sweep.variant_config(name, encoder, str(tmp_path), str(tmp_path / "run"))
+        cfg = TrainConfig.from_any(config)          # unknown or invalid options raise here
+        assert cfg.encoder_type == encoder and cfg.max_steps == plan.steps
+    budget = crop_seconds(demo_sweep.FULL) * MORE_COMPUTE.get(name, 1)
+    assert crop_seconds(plan) == pytest.approx(budget, rel=0.03)
+
+
+def test_steps_factor_scales_the_run():
+    plan, _ = demo_sweep.variant_config("base", "CAP", "c", "s", steps_factor=0.5)
+    assert plan.steps == demo_sweep.FULL.steps // 2
+
+
+def row(variant, seed, tap, cap, dcf=0.9):
+    curve = lambda eer: {"curve": [{"steps": 1, "EER": eer + 5, "minDCF_p0.05": 1.0},
+                                   {"steps": 2, "EER": eer, "minDCF_p0.05": dcf}]}
+    out = {"variant": variant, "seed": seed, "steps": 2}
+    if tap is not None:
+        out["TAP"] = curve(tap)
+    if cap is not None:
+        out["CAP"] = curve(cap)
+    return out
+
+
+def test_summary_ranks_by_the_mean_final_eer_of_the_better_network():
+    rows = [row("a", 0, 40, 30), row("a", 1, 40, 34),      # best network: mean 32
+            row("b", 0, 29, 35), row("b", 1, 33, 35),      # mean 31
+            row("c", 0, 38, None)]                         # TAP only: 38
+    text = demo_sweep.summarise(rows, {"base": {"EER": 30.0, "minDCF_p0.05": 0.85}})
+    lines = [line for line in text.splitlines() if line.startswith("| ") and "variant" not in line]
+    assert [line.split("|")[1].strip() for line in lines] == ["b", "a", "c"]
+    assert "| b | 2 | 2 | 31.00 | 35.00 |" in text
+    assert "EER <= 21.00 %" in text
+    assert "nan" in lines[2]          # c has no CAP run: shown as missing, not as a number
+
+
+def test_tap_only_variants_use_classifier_losses():
+    for name in demo_sweep.TAP_ONLY:
+        assert demo_sweep.VARIANTS[name][1]["trainfunc"] in ("softmax", "amsoftmax", "aamsoftmax")
