@@ -160,14 +160,18 @@ def summarise(rows: list[dict], baselines: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="these variants only")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="default: 0 1")
+    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), metavar="VARIANT",
+                        help="these variants only: " + ", ".join(VARIANTS))
     parser.add_argument("--data", default="data/demo-sweep", help="corpus and run folders")
-    parser.add_argument("--out", default="bench/learning/demo_sweep")
-    parser.add_argument("--corpus_workers", type=int, default=None)
-    parser.add_argument("--encoders", nargs="+", default=list(demo.ENCODERS), choices=demo.ENCODERS)
+    parser.add_argument("--out", default="bench/learning/demo_sweep",
+                        help="runs.jsonl and summary.md (default: %(default)s)")
+    parser.add_argument("--corpus_workers", type=int, default=None,
+                        help="processes that generate the corpus (default: the cores)")
+    parser.add_argument("--encoders", nargs="+", default=list(demo.ENCODERS), choices=demo.ENCODERS,
+                        help="poolings to train (default: both)")
     parser.add_argument("--corpus_set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="change the demo corpus (capsv.prep.synth.corpus.CorpusConfig fields)")
     parser.add_argument("--steps_factor", type=float, default=1.0,
