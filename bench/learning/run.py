@@ -106,6 +106,8 @@ def evaluate(args) -> int:
     for path in models + final[-1:]:
         meta = read_checkpoint(path)["meta"]
         budget = meta.get("budget", {})
+        if args.steps and budget.get("steps") not in args.steps:
+            continue
         for protocol in args.protocols.split(","):
             out = os.path.join(out_dir, f"{budget.get('steps', 0):09d}-{protocol}.json")
             if os.path.exists(out):
@@ -161,6 +163,7 @@ def main(argv=None) -> int:
     e.add_argument("--protocols", default="whole,crops")
     e.add_argument("--final_only", action="store_true", help="only the run's last model")
     e.add_argument("--curve_only", action="store_true", help="only the kept curve models")
+    e.add_argument("--steps", type=int, nargs="+", help="only the models kept at these step counts")
     b = sub.add_parser("batch")
     b.add_argument("file")
     b.add_argument("--jobs", type=int, default=2)
