@@ -105,7 +105,7 @@ def plot(runs: dict, out: str) -> None:
                           key=lambda r: r["cpu_minutes"])
             if not rows:
                 continue
-            style = "-" if run["seed"] == "0" else "--"
+            style = "-." if float(run["minutes"]) > 20 else "-" if run["seed"] == "0" else "--"
             ax.plot([r["cpu_minutes"] for r in rows], [r[key] for r in rows], style, marker="o",
                     color=colours[run["pooling"]], alpha=0.9 if run["variant"] == "recipe" else 0.35,
                     label=name)
