@@ -100,13 +100,13 @@ def run_one(name: str, seed: int, data_dir: str, corpus_dir: str, device: str,
     exp_dir = os.path.join(data_dir, "exps", f"{name}-s{seed}")
     shutil.rmtree(exp_dir, ignore_errors=True)
     os.makedirs(exp_dir)
-    plan = variant_config(name, encoders[0], corpus_dir, exp_dir)[0]
+    plan = variant_config(name, encoders[0], corpus_dir, exp_dir, steps_factor=steps_factor)[0]
     rows = {}
     for encoder in encoders:
         if encoder == "CAP" and name in TAP_ONLY:
             continue
         _, config = variant_config(name, encoder, corpus_dir, os.path.join(exp_dir, encoder),
-                                      device, seed, steps_factor)
+                                   device, seed, steps_factor)
         os.makedirs(config["save_path"])
         started = time.time()
         demo._train_logged(config, os.path.join(config["save_path"], "train.log"))
@@ -176,10 +176,18 @@ def main() -> int:
                         help="change the demo corpus (capsv.prep.synth.corpus.CorpusConfig fields)")
     parser.add_argument("--steps_factor", type=float, default=1.0,
                         help="scale every variant's steps (a smoke run: 0.02)")
+    parser.add_argument("--timeout", type=float, default=4 * 3600,
+                        help="seconds for the whole sweep; runs not finished by then are "
+                             "reported as missing (default: %(default)s)")
     args = parser.parse_args()
+    changes = {}
+    for item in args.corpus_set:
+        key, _, value = item.partition("=")
+        if not value or not hasattr(FULL.corpus, key):
+            parser.error(f"--corpus_set {item!r}: expected FIELD=VALUE with a CorpusConfig field")
+        changes[key] = type(getattr(FULL.corpus, key))(value)
 
     os.makedirs(args.out, exist_ok=True)
-    changes = {k: type(getattr(FULL.corpus, k))(v) for k, v in (kv.split("=", 1) for kv in args.corpus_set)}
     corpus = dataclasses.replace(FULL.corpus, **changes)
     corpus_dir = demo.corpus_folder(args.data, "full", corpus)
     summary = demo.generate_corpus(corpus, corpus_dir, workers=args.corpus_workers, progress=False)
@@ -194,29 +202,41 @@ def main() -> int:
     names = args.only or list(VARIANTS)
     jobs = [(name, seed) for seed in args.seeds for name in names
             if not (name in TAP_ONLY and args.encoders == ["CAP"])]
-    out_rows = os.path.join(args.out, "runs.jsonl")
-    rows = []
+    rows, pending = [], set(jobs)
     context = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(args.jobs, mp_context=context, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(run_one, n, s, args.data, corpus_dir, args.device,
-                               args.steps_factor, tuple(args.encoders)): (n, s)
-                   for n, s in jobs}
-        for future in cf.as_completed(futures):
+    pool = cf.ProcessPoolExecutor(args.jobs, mp_context=context, max_tasks_per_child=1)
+    futures = {pool.submit(run_one, n, s, args.data, corpus_dir, args.device, args.steps_factor,
+                           tuple(args.encoders)): (n, s) for n, s in jobs}
+    try:
+        for future in cf.as_completed(futures, timeout=args.timeout):
             name, seed = futures[future]
+            pending.discard((name, seed))
             try:
                 row = future.result()
             except Exception as exc:            # one broken variant must not lose the others
                 print(f"{name} seed {seed}: failed: {type(exc).__name__}: {exc}", flush=True)
                 continue
             rows.append(row)
-            with open(out_rows, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"{name} s{seed}: " + ", ".join(
-                f"{e} {row[e]['curve'][-1]['EER']:.2f} % ({row[e]['wall_s']} s)"
-                for e in args.encoders if e in row), flush=True)
-            with open(os.path.join(args.out, "summary.md"), "w", encoding="utf-8") as f:
-                f.write(summarise(rows, baselines))
-    return 0
+            record(row, rows, baselines, args.out, args.encoders)
+    except cf.TimeoutError:
+        for name, seed in sorted(pending):
+            print(f"{name} seed {seed}: not finished within --timeout {args.timeout:g} s", flush=True)
+    finally:                                    # Ctrl-C or the timeout: leave nothing running
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+    return 1 if pending else 0
+
+
+def record(row: dict, rows: list[dict], baselines: dict, out: str, encoders) -> None:
+    """Append one finished run to OUT/runs.jsonl, print it and rewrite OUT/summary.md."""
+    with open(os.path.join(out, "runs.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    print(f"{row['variant']} s{row['seed']}: " + ", ".join(
+        f"{e} {row[e]['curve'][-1]['EER']:.2f} % ({row[e]['wall_s']} s)" for e in encoders if e in row),
+        flush=True)
+    with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
+        f.write(summarise(rows, baselines))
 
 
 if __name__ == "__main__":
