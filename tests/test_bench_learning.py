@@ -14,11 +14,15 @@ import demo_sweep  # noqa: E402
 
 from capsv.train.config import TrainConfig
 
-MORE_COMPUTE = {"2x-lr0.01": 2, "4x-lr0.01": 4}
-
-
 def crop_seconds(plan) -> float:
     return plan.steps * plan.batch_size * plan.n_speakers * plan.max_frames / 100
+
+
+# variants that spend more than the old demo's crop-seconds, on purpose: more compute, or the
+# same CPU-seconds of the faster Thin ResNet-34
+MORE_COMPUTE = {"2x-lr0.01": 2, "4x-lr0.01": 4, "thin-lr0.01": 2.4, "thin-crop100-lr0.01": 2.2,
+                "thin4x-lr0.01": 4, "thin6x-lr0.01": 6, "thin3x-lr0.02": 3,
+                "demo": crop_seconds(demo_sweep.demo.FULL) / crop_seconds(demo_sweep.FULL)}
 
 
 @pytest.mark.parametrize("name", sorted(demo_sweep.VARIANTS))
@@ -30,6 +34,13 @@ def test_each_variant_is_a_valid_training_config_at_the_demos_budget(name, tmp_p
         assert cfg.encoder_type == encoder and cfg.max_steps == plan.steps
     budget = crop_seconds(demo_sweep.FULL) * MORE_COMPUTE.get(name, 1)
     assert crop_seconds(plan) == pytest.approx(budget, rel=0.03)
+
+
+def test_the_demo_variant_is_what_capsv_demo_trains(tmp_path):
+    for encoder in ("TAP", "CAP"):
+        plan, config = demo_sweep.variant_config("demo", encoder, str(tmp_path), str(tmp_path / "r"))
+        assert plan == demo_sweep.demo.FULL
+        assert config == demo_sweep.demo.training_config(encoder, plan, str(tmp_path), str(tmp_path / "r"))
 
 
 def test_steps_factor_scales_the_run():

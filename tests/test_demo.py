@@ -12,11 +12,12 @@ import json
 import pytest
 
 from capsv.cli import main
-from capsv.demo import QUICK, DemoPlan, run_demo
+from capsv.demo import FULL, QUICK, DemoPlan, run_demo, system_name
 from capsv.prep.synth.corpus import CorpusConfig
 
-SYSTEMS = {"baseline: mean MFCC", "baseline: MFCC mean+std", "ResNetSE34L + TAP",
-           "ResNetSE34L + CAP"}
+NETWORKS = tuple(system_name(QUICK, e) for e in ("TAP", "CAP"))
+FULL_NETWORKS = tuple(system_name(FULL, e) for e in ("TAP", "CAP"))
+SYSTEMS = {"baseline: mean MFCC", "baseline: MFCC mean+std", *NETWORKS}
 
 
 def run_cli_demo(root, *flags):
@@ -44,7 +45,7 @@ def test_quick_demo_writes_table_report_and_curve(quick_demo):
                  "tap/det.png", "baseline/det.png", "baseline_meanstd/det.png"):
         assert (report / name).stat().st_size > 10_000, name
     assert len((report / "cap/scores.txt").read_text().splitlines()) == 2000
-    for name in ("ResNetSE34L + TAP", "ResNetSE34L + CAP"):
+    for name in NETWORKS:
         system = systems[name]
         assert system["samples_per_s"] > 0 and len(system["curve"]) == 2, name
         assert system["curve"][-1]["steps"] == QUICK.steps, name
@@ -53,7 +54,7 @@ def test_quick_demo_writes_table_report_and_curve(quick_demo):
 @pytest.mark.slow
 def test_quick_demo_training_lowers_the_loss(quick_demo):
     _, systems = quick_demo
-    for name in ("ResNetSE34L + TAP", "ResNetSE34L + CAP"):
+    for name in NETWORKS:
         first, last = systems[name]["first_loss"], systems[name]["last_loss"]
         assert last < first - 0.2, (name, first, last)
 
@@ -67,7 +68,7 @@ def test_full_demo_networks_clearly_beat_both_baselines(tmp_path):
     better minDCF too, and both networks ahead of both baselines."""
     _, systems = run_cli_demo(tmp_path)
     baselines = [systems[n] for n in ("baseline: mean MFCC", "baseline: MFCC mean+std")]
-    networks = [systems[n] for n in ("ResNetSE34L + TAP", "ResNetSE34L + CAP")]
+    networks = [systems[n] for n in FULL_NETWORKS]
     best_baseline = min(b["EER"] for b in baselines)
     assert min(n["EER"] for n in networks) <= 0.7 * best_baseline, systems
     assert max(n["EER"] for n in networks) < best_baseline, systems
