@@ -3,6 +3,7 @@ accepts, compares at the demo's budget of crop-seconds unless it says otherwise,
 summary ranks variants by their measured EER."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -34,6 +35,12 @@ def test_each_variant_is_a_valid_training_config_at_the_demos_budget(name, tmp_p
         assert cfg.encoder_type == encoder and cfg.max_steps == plan.steps
     budget = crop_seconds(demo_sweep.FULL) * MORE_COMPUTE.get(name, 1)
     assert crop_seconds(plan) == pytest.approx(budget, rel=0.03)
+
+
+@pytest.mark.parametrize("name", sorted(demo_sweep.VARIANTS))
+def test_each_variant_is_recorded_as_json(name):
+    plan_changes, config_changes = demo_sweep.VARIANTS[name]
+    assert json.loads(json.dumps({"plan": plan_changes, "config": config_changes}))
 
 
 def test_the_demo_variant_is_what_capsv_demo_trains(tmp_path):
