@@ -81,3 +81,27 @@ def test_summary_ranks_by_the_mean_final_eer_of_the_better_network():
 def test_tap_only_variants_use_classifier_losses():
     for name in demo_sweep.TAP_ONLY:
         assert demo_sweep.VARIANTS[name][1]["trainfunc"] in ("softmax", "amsoftmax", "aamsoftmax")
+
+
+def _learning_run_module():
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "learning", "run.py")
+    spec = importlib.util.spec_from_file_location("bench_learning_run", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_refuses_a_folder_without_models_or_the_asked_steps(tmp_path, capsys):
+    """A wrong run path or step once did nothing and exited 0, silently."""
+    from capsv.models.checkpoint import save_checkpoint
+    from capsv.models.speakernet import SpeakerNet
+    run = _learning_run_module()
+    assert run.main(["--corpus", str(tmp_path), "evaluate", str(tmp_path / "nowhere")]) == 2
+    assert "no model/*.model" in capsys.readouterr().err
+    (tmp_path / "r" / "model").mkdir(parents=True)
+    save_checkpoint(str(tmp_path / "r" / "model" / "curve000000140.model"),
+                    SpeakerNet("ResNetSE34", "TAP", nOut=8), meta={"budget": {"steps": 140}})
+    assert run.main(["--corpus", str(tmp_path), "evaluate", str(tmp_path / "r"),
+                     "--steps", "141"]) == 2
+    assert "no model kept at steps [141]; kept: [140]" in capsys.readouterr().err

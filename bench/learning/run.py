@@ -89,23 +89,36 @@ def breakdown(scores: np.ndarray, labels: np.ndarray, kinds: list[str]) -> dict:
             "minDCF_p0.01": float(everything.min_dcf_001), "n_trials": int(len(labels))}
 
 
+def _usage_error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def evaluate(args) -> int:
     import torch
     from capsv.models.checkpoint import load_model, read_checkpoint
     from capsv.evaluation.pipeline import evaluate_list
     torch.set_num_threads(1)
-    kinds = trial_kinds(args.corpus)
     models = sorted(glob.glob(os.path.join(args.run, "model", "curve*.model")))
     final = sorted(glob.glob(os.path.join(args.run, "model", "model*.model")))
+    if not models and not final:
+        return _usage_error(f"{args.run}: no model/*.model here; give the run's folder, "
+                            "e.g. bench/learning/runs/recipe-CAP-s0-20m")
     out_dir = os.path.join(args.run, "eval")
     os.makedirs(out_dir, exist_ok=True)
     if args.final_only:
         models = []
     if args.curve_only:              # while the run still trains: its epoch checkpoint is not final
         final = []
+    kept = {}
     for path in models + final[-1:]:
-        meta = read_checkpoint(path)["meta"]
-        budget = meta.get("budget", {})
+        kept[path] = read_checkpoint(path)["meta"].get("budget", {})
+    missing = sorted(set(args.steps or ()) - {b.get("steps") for b in kept.values()})
+    if missing:
+        return _usage_error(f"{args.run}: no model kept at steps {missing}; kept: "
+                            f"{sorted(b.get('steps') for b in kept.values())}")
+    kinds = trial_kinds(args.corpus)
+    for path, budget in kept.items():
         if args.steps and budget.get("steps") not in args.steps:
             continue
         for protocol in args.protocols.split(","):
