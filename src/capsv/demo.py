@@ -2,10 +2,14 @@
 
 ``run_demo`` generates the procedural corpus (:mod:`capsv.prep.synth.corpus`) if it is not there,
 scores its held-out speakers' trials with two hand-made baselines (mean MFCC cosine, MFCC
-mean+std cosine), trains a ResNet (Thin ResNet-34 by default) with TAP and with CAP, scores the
-same trials with both,
+mean+std cosine), trains a ResNet with TAP and with CAP, scores the same trials with both,
 prints a side-by-side table and writes a report folder (DET curves, score histograms, scores,
 metrics, ``learning_curve.png``: EER against training seconds).
+
+The ResNet is the paper's Thin ResNet-34 (``ResNetSE34``), not the Fast one (``ResNetSE34L``):
+on one core at the demo's 0.5 s crops it trains at 2.4x the crops/s, so the demo's minutes buy
+2.4x the steps, and it reached 8 points lower EER in the same CPU-seconds
+(bench/learning/RESULTS.md, "The demo's budget").
 
 Training follows the short-budget recipe that bench/learning measured on real voices
 (configs/cpu_quick_*.yaml: Adam with a cosine schedule over the run, 32 speakers x 2 short
