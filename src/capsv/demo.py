@@ -63,8 +63,8 @@ class DemoPlan:
     side_by_side: bool = True    # train TAP and CAP at once, each on half of the cores
 
 
-# Sized for 10 minutes from a fresh clone on a 2-core machine without bf16 (about 7.5 here):
-# install ~90 s, corpus ~40 s, then TAP and CAP side by side, one core each, ~330 s.
+# Sized for 10 minutes from a fresh clone on a 2-core machine without bf16 (6 min 43 s here):
+# install ~90 s, corpus ~15 s, then TAP and CAP side by side, one core each, ~300 s.
 FULL = DemoPlan(dataclasses.replace(DEMO_CORPUS, trials=1200), steps=720)
 QUICK = DemoPlan(dataclasses.replace(DEMO_CORPUS, speakers=96, test_speakers=20, utterances=6,
                                      test_utterances=16, min_seconds=1.5, max_seconds=2.5,

@@ -7,10 +7,11 @@ import time
 HELP = "train CAP and TAP on a built-in corpus and compare them with a baseline (no download)"
 DESCRIPTION = """\
 Generate a procedural multi-speaker corpus (if not already there), train the paper's Thin
-ResNet-34 (ResNetSE34) with CAP and with TAP on its training speakers, and verify held-out speakers with both models and two
-hand-made baselines (mean MFCC cosine; MFCC mean+std cosine). Prints a side-by-side table
-(EER, minDCF, training time, crops/s) and writes a report folder: DET curves, score
-histograms, a learning curve (EER against training seconds), score files, metrics JSON.
+ResNet-34 (ResNetSE34) with CAP and with TAP on its training speakers, and verify held-out
+speakers with both models and two hand-made baselines (mean MFCC cosine; MFCC mean+std
+cosine). Prints a side-by-side table (EER, minDCF, training time, crops/s) and writes a
+report folder: DET curves, score histograms, a learning curve (EER against training
+seconds), score files, metrics JSON.
 About 7 minutes on 2 CPU cores (at most 10 on a slower CPU); --quick takes about 2 minutes.
 Each model trains for a fixed number of optimiser steps (the same result on any machine),
 TAP and CAP side by side on one core each. The corpus goes to DATA_DIR/full-vN-XXXXXXXX
