@@ -105,3 +105,13 @@ def test_evaluate_refuses_a_folder_without_models_or_the_asked_steps(tmp_path, c
     assert run.main(["--corpus", str(tmp_path), "evaluate", str(tmp_path / "r"),
                      "--steps", "141"]) == 2
     assert "no model kept at steps [141]; kept: [140]" in capsys.readouterr().err
+
+
+def test_a_second_sweep_on_the_same_data_folder_is_refused(tmp_path, capsys):
+    """Two sweeps in one --data folder would delete each other's run folders."""
+    from capsv.runlock import run_lock
+    with run_lock(str(tmp_path / "data")):
+        assert demo_sweep.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                                "--only", "base", "--seeds", "0"]) == 2
+    assert "in use by another demo sweep" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -21,6 +21,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 
@@ -169,7 +170,7 @@ def summarise(rows: list[dict], baselines: dict) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
@@ -191,14 +192,27 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=4 * 3600,
                         help="seconds for the whole sweep; runs not finished by then are "
                              "reported as missing (default: %(default)s)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     changes = {}
     for item in args.corpus_set:
         key, _, value = item.partition("=")
         if not value or not hasattr(FULL.corpus, key):
             parser.error(f"--corpus_set {item!r}: expected FIELD=VALUE with a CorpusConfig field")
         changes[key] = type(getattr(FULL.corpus, key))(value)
+    # two sweeps in one --data folder would delete each other's run folders (same names)
+    from capsv.runlock import RunLockError, run_lock
+    try:
+        with run_lock(args.data):
+            return sweep(args, changes)
+    except RunLockError:
+        print(f"error: --data {args.data} is in use by another demo sweep (lock file "
+              f"{os.path.join(args.data, 'run.lock')}); wait for it or give another --data",
+              file=sys.stderr)
+        return 2
 
+
+def sweep(args, changes: dict) -> int:
+    """Generate the corpus, score the baselines, train every (variant, seed) in a pool."""
     os.makedirs(args.out, exist_ok=True)
     corpus = dataclasses.replace(FULL.corpus, **changes)
     corpus_dir = demo.corpus_folder(args.data, "full", corpus)
@@ -216,6 +230,8 @@ def main() -> int:
             if not (name in TAP_ONLY and args.encoders == ["CAP"])]
     rows, pending = [], set(jobs)
     context = multiprocessing.get_context("spawn")
+    # a plain `kill` of the sweep must also stop its workers: run the cleanup below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     pool = cf.ProcessPoolExecutor(args.jobs, mp_context=context, max_tasks_per_child=1)
     futures = {pool.submit(run_one, n, s, args.data, corpus_dir, args.device, args.steps_factor,
                            tuple(args.encoders)): (n, s) for n, s in jobs}
