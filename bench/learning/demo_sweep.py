@@ -87,6 +87,10 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "thin3x-lr0.02": (dict(model="ResNetSE34", lr=0.02, steps=3 * FULL.steps), {}),
     "demo": ({f.name: getattr(demo.FULL, f.name) for f in dataclasses.fields(demo.FULL)
               if f.name != "corpus"}, {}),           # what `capsv demo` trains now
+    # the demo's plan with speed perturbation: 0.9x / 1.1x copies as new speakers (300 ids),
+    # which puts near-identical voices (a speaker and its VTL/F0-shifted copy) in every batch
+    "demo-sp": ({f.name: getattr(demo.FULL, f.name) for f in dataclasses.fields(demo.FULL)
+                 if f.name != "corpus"}, dict(speed_perturb=True)),
 }
 
 

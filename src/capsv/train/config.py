@@ -80,6 +80,7 @@ class TrainConfig:
     device: str = "auto"
     mixedprec: bool = False
     compile: bool = False
+    channels_last: bool = False           # NHWC convolutions (capsv.train.precision)
     no_progress: bool = False
     tensorboard: bool = False
 

@@ -94,7 +94,7 @@ RESUME_REFUSED = ("model", "encoder_type", "nOut", "trainfunc", "global_clf", "o
 RESUME_KEPT = ("lr", "weight_decay", "patience")
 # silently applied: where and how the run executes, not what it computes;
 RESUME_FREE = ("nDataLoaderThread", "device", "no_progress", "tensorboard", "max_epoch",
-               "initial_model", "save_path", "compile", "max_steps", "max_seconds",
+               "initial_model", "save_path", "compile", "channels_last", "max_steps", "max_seconds",
                "budget_clock", "eval_every_seconds", "eval_every_steps", "keep_curve_models")
 # every other flag: applied from now on, with a warning naming it.
 
@@ -159,6 +159,7 @@ class TrainState:
         """Fresh objects for ``cfg``, seeded with ``--seed``."""
         seed_everything(cfg.seed)
         net = SpeakerNet(cfg.model, cfg.encoder_type, cfg.nOut).to(device)
+        precision.maybe_channels_last(net, cfg.channels_last)
         objective = Objective(cfg.trainfunc, cfg.nOut, n_speakers, cfg.global_clf,
                               cfg.margin, cfg.scale, cfg.global_clf_weight).to(device)
         objective.check(net.pairwise, cfg.nSpeakers, cfg.encoder_type)
