@@ -24,7 +24,7 @@ def crop_seconds(plan) -> float:
 MORE_COMPUTE = {"2x-lr0.01": 2, "4x-lr0.01": 4, "thin-lr0.01": 2.4, "thin-crop100-lr0.01": 2.2,
                 "thin4x-lr0.01": 4, "thin6x-lr0.01": 6, "thin3x-lr0.02": 3,
                 "thin720": 3, "demo-sp": 3, "thin720-cl": 3, "thin900-cl": 3.75,
-                "thin-crop100-cl": 3.75, "thin-crop150-cl": 3.75,
+                "thin-crop100-cl": 3.75, "thin-crop150-cl": 3.75, "thin-crop150-cl-360": 4.5,
                 "thin-crop200-cl": 3.73,
                 "demo": crop_seconds(demo_sweep.demo.FULL) / crop_seconds(demo_sweep.FULL)}
 

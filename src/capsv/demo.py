@@ -7,15 +7,18 @@ prints a side-by-side table and writes a report folder (DET curves, score histog
 metrics, ``learning_curve.png``: EER against training seconds).
 
 The ResNet is the paper's Thin ResNet-34 (``ResNetSE34``), not the Fast one (``ResNetSE34L``):
-on one core at the demo's 0.5 s crops it trains at 2.4x the crops/s, so the demo's minutes buy
-2.4x the steps, and it reached 8 points lower EER in the same CPU-seconds
+on one core it trains at 2.4x the crops/s, so the demo's minutes buy 2.4x the steps, and it
+reached 8 points lower EER in the same CPU-seconds. Its convolutions run channels-last
+(``--channels_last``: 1.24-1.29x the steps/s on one core, the same learning within the noise).
+The crops are 1.5 s long: for the same crop-seconds, CAP reached 22.0-22.7 % EER with them,
+against 25-28 % with 0.5 s crops; TAP was at 24-27 % either way
 (bench/learning/RESULTS.md, "The demo's budget").
 
 Training follows the short-budget recipe that bench/learning measured on real voices
-(configs/cpu_quick_*.yaml: Adam with a cosine schedule over the run, 32 speakers x 2 short
-crops per batch, NP loss + global classifier) and ends after a fixed number of optimiser
-steps, so a slower CPU takes longer but reaches the same model; float32 everywhere (bf16
-would make the result depend on the CPU). The two networks train side by side in two
+(configs/cpu_quick_*.yaml: Adam with a cosine schedule over the run, 32 speakers x 2 crops per
+batch, NP loss + global classifier) and ends after a fixed number of optimiser steps, so a
+slower CPU takes longer but reaches the same model; float32 everywhere (bf16 would make the
+result depend on the CPU). The two networks train side by side in two
 processes with one core each: on a 2-core machine that is faster than two threads each, one
 after the other, because a thread per model wastes no time waiting for the other. The
 trainer evaluates along the way (the learning curve) and, since most demo files are shorter
@@ -64,8 +67,8 @@ class DemoPlan:
     channels_last: bool = True   # NHWC convolutions: 1.24-1.29x the steps/s (bench/RESULTS.md)
 
 
-# Sized for 10 minutes from a fresh clone on a 2-core machine without bf16 (6 min 43 s here):
-# install ~90 s, corpus ~15 s, then TAP and CAP side by side, one core each, ~300 s.
+# Sized for 10 minutes from a fresh clone on a 2-core machine without bf16 (6 min 54 s here):
+# install ~60-90 s, corpus ~15 s, then TAP and CAP side by side, one core each, ~300 s.
 FULL = DemoPlan(dataclasses.replace(DEMO_CORPUS, trials=1200), steps=300, max_frames=150)
 QUICK = DemoPlan(dataclasses.replace(DEMO_CORPUS, speakers=96, test_speakers=20, utterances=6,
                                      test_utterances=16, min_seconds=1.5, max_seconds=2.5,
