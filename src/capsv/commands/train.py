@@ -140,9 +140,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the backbone (slow first steps; see bench/RESULTS.md)")
     g.add_argument("--channels_last", action="store_true",
-                   help="channels-last (NHWC) convolutions: about 1.3x the training steps per "
-                        "second on CPUs (oneDNN, AVX2 or AVX-512); the same model up to float "
-                        "rounding (bench/RESULTS.md)")
+                   help="channels-last (NHWC) convolutions: 1.14-1.29x the training steps per "
+                        "second on a CPU core (oneDNN, AVX2 or AVX-512); the same model up to "
+                        "float rounding (bench/RESULTS.md, \"channels_last\")")
 
     g = p.add_argument_group("files")
     g.add_argument("--save_path", help="run folder: model/ and result/ (default: %(default)s)")

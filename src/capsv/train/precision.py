@@ -69,8 +69,9 @@ class Scaler:
 
 def maybe_channels_last(module: torch.nn.Module, enabled: bool) -> None:
     """``--channels_last``: keep ``module``'s 4-D weights in NHWC order, so that oneDNN runs
-    its convolutions (and their gradients) channels-last: 1.3x the training steps per second of
-    the Thin ResNet-34 on one AVX-512 or AVX2 core (bench/RESULTS.md). Inputs need no change:
+    its convolutions (and their gradients) channels-last: 1.24-1.29x the training steps per
+    second of the Thin ResNet-34 on one AVX-512 or AVX2 core, 1.14-1.17x for the Fast one
+    (bench/RESULTS.md, "channels_last"). Inputs need no change:
     a convolution with a channels-last weight computes channels-last. The parameters stay the
     same objects and keep their names, so optimisers and checkpoints are unaffected (a
     checkpoint loads into either layout); only the rounding of the sums differs."""
