@@ -55,7 +55,7 @@ def _relative_error(grads: dict, reference: dict) -> float:
     return float((err / sum((g ** 2).sum() for g in reference.values())).sqrt())
 
 
-def test_channels_last_gradients_are_as_close_to_float64_as_the_default_layouts():
+def test_channels_last_gradients_stay_near_float64_like_the_default_layouts():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     net = SpeakerNet("ResNetSE34", "TAP", nOut=64).train()
@@ -67,7 +67,7 @@ def test_channels_last_gradients_are_as_close_to_float64_as_the_default_layouts(
     assert nhwc.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert {n for n, _ in nhwc.named_parameters()} == {n for n, _ in net.named_parameters()}
     channels_last = _gradients(nhwc, wave, target)
-    # float32 rounding leaves 1e-4 to 1e-2 (default) and 1e-2 to 3e-2 (channels-last: its sums
+    # float32 rounding leaves 1e-4 to 1.5e-2 (default) and 2e-3 to 3e-2 (channels-last: its sums
     # over time and frequency lose more to cancellation in the SE gates); a layout bug
     # (a transposed or misplaced gradient) would leave ~1
     assert _relative_error(default, reference) < 0.05
