@@ -10,8 +10,9 @@ The ResNet is the paper's Thin ResNet-34 (``ResNetSE34``), not the Fast one (``R
 on one core it trains at 2.4x the crops/s, so the demo's minutes buy 2.4x the steps, and it
 reached 8 points lower EER in the same CPU-seconds. Its convolutions run channels-last
 (``--channels_last``: 1.24-1.29x the steps/s on one core, the same learning within the noise).
-The crops are 1.5 s long: for the same crop-seconds, CAP reached 22.0-22.7 % EER with them,
-against 25-28 % with 0.5 s crops; TAP was at 24-27 % either way
+The crops are 1.5 s long: for the same crop-seconds, CAP reached 22.0-22.7 % EER with them
+(three seeds),
+against 25-28 % with 0.5 s crops; TAP was at 24-29 % either way
 (bench/learning/RESULTS.md, "The demo's budget").
 
 Training follows the short-budget recipe that bench/learning measured on real voices
