@@ -44,6 +44,11 @@ def _same_crops(batch_size: int, n_speakers: int = 2, frames: int = 50, times: f
     return dict(batch_size=batch_size, n_speakers=n_speakers, max_frames=frames, steps=steps)
 
 
+def _thin(**changes) -> dict:
+    """Thin ResNet-34 at LR 0.01 (the demo's backbone and LR since 2026-12-04), plus ``changes``."""
+    return dict(model="ResNetSE34", lr=0.01, **changes)
+
+
 # name -> (changes to the DemoPlan, changes to the trainer's config)
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "base": ({}, {}),
@@ -92,19 +97,16 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # the demo's plan of 2026-12-04 morning (Thin, 720 steps, LR 0.01), then with speed
     # perturbation: 0.9x / 1.1x copies as new speakers (300 ids), so that near-identical
     # voices (a speaker and its VTL/F0-shifted copy) meet in the batches
-    "thin720": (dict(model="ResNetSE34", lr=0.01, steps=720), {}),
-    "demo-sp": (dict(model="ResNetSE34", lr=0.01, steps=720), dict(speed_perturb=True)),
+    "thin720": (_thin(steps=720), {}),
+    "demo-sp": (_thin(steps=720), dict(speed_perturb=True)),
     # channels-last convolutions: 1.24-1.29x the steps/s of Thin ResNet-34 on a core
-    "thin720-cl": (dict(model="ResNetSE34", lr=0.01, steps=720, channels_last=True), {}),
-    "thin900-cl": (dict(model="ResNetSE34", lr=0.01, steps=900, channels_last=True), {}),
-    "thin-crop100-cl": (dict(model="ResNetSE34", lr=0.01, steps=450, max_frames=100,
-                             channels_last=True), {}),
-    "thin-crop150-cl": (dict(model="ResNetSE34", lr=0.01, steps=300, max_frames=150,
-                             channels_last=True), {}),
-    "thin-crop150-cl-360": (dict(model="ResNetSE34", lr=0.01, steps=360, max_frames=150,
-                                 channels_last=True), {}),
-    "thin-crop200-cl": (dict(model="ResNetSE34", lr=0.01, steps=224, max_frames=200,
-                             channels_last=True), {}),
+    "thin720-cl": (_thin(steps=720, channels_last=True), {}),
+    "thin900-cl": (_thin(steps=900, channels_last=True), {}),
+    # longer crops, the same crop-seconds as thin900-cl (thin-crop150-cl-360: 20 % more)
+    "thin-crop100-cl": (_thin(steps=450, max_frames=100, channels_last=True), {}),
+    "thin-crop150-cl": (_thin(steps=300, max_frames=150, channels_last=True), {}),
+    "thin-crop150-cl-360": (_thin(steps=360, max_frames=150, channels_last=True), {}),
+    "thin-crop200-cl": (_thin(steps=224, max_frames=200, channels_last=True), {}),
 }
 
 
