@@ -49,6 +49,13 @@ def _thin(**changes) -> dict:
     return dict(model="ResNetSE34", lr=0.01, **changes)
 
 
+def _demo(times: int = 1) -> dict:
+    """What ``capsv demo`` trains now, for ``times`` its steps."""
+    plan = {f.name: getattr(demo.FULL, f.name) for f in dataclasses.fields(demo.FULL)
+            if f.name != "corpus"}
+    return {**plan, "steps": times * demo.FULL.steps}
+
+
 # name -> (changes to the DemoPlan, changes to the trainer's config)
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "base": ({}, {}),
@@ -92,8 +99,12 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "thin4x-lr0.01": (dict(model="ResNetSE34", lr=0.01, steps=4 * FULL.steps), {}),
     "thin6x-lr0.01": (dict(model="ResNetSE34", lr=0.01, steps=6 * FULL.steps), {}),
     "thin3x-lr0.02": (dict(model="ResNetSE34", lr=0.02, steps=3 * FULL.steps), {}),
-    "demo": ({f.name: getattr(demo.FULL, f.name) for f in dataclasses.fields(demo.FULL)
-              if f.name != "corpus"}, {}),           # what `capsv demo` trains now
+    "demo": (_demo(), {}),                             # what `capsv demo` trains now
+    # how much longer would the demo's plan have to train to beat the baseline's minDCF?
+    # (the cosine schedule spans each run, so every length is a finished run)
+    "demo-x2": (_demo(2), {}),
+    "demo-x4": (_demo(4), {}),
+    "demo-x8": (_demo(8), {}),
     # the demo's plan of 2026-12-04 morning (Thin, 720 steps, LR 0.01), then with speed
     # perturbation: 0.9x / 1.1x copies as new speakers (300 ids), so that near-identical
     # voices (a speaker and its VTL/F0-shifted copy) meet in the batches
@@ -126,10 +137,14 @@ def variant_config(name: str, encoder: str, corpus_dir: str, save_path: str, dev
 
 
 def run_one(name: str, seed: int, data_dir: str, corpus_dir: str, device: str,
-            steps_factor: float = 1.0, encoders: tuple = demo.ENCODERS) -> dict:
+            steps_factor: float = 1.0, encoders: tuple = demo.ENCODERS,
+            tf32: bool = True) -> dict:
     """Train one variant with one seed (one thread) and return its curve."""
     import torch
     torch.set_num_threads(1)
+    # cuDNN convolutions default to TF32 on Ampere and later; off, a GPU run rounds like the CPU
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32 and torch.backends.cuda.matmul.allow_tf32
     exp_dir = os.path.join(data_dir, "exps", f"{name}-s{seed}")
     shutil.rmtree(exp_dir, ignore_errors=True)
     os.makedirs(exp_dir)
@@ -153,7 +168,7 @@ def run_one(name: str, seed: int, data_dir: str, corpus_dir: str, device: str,
     shutil.rmtree(exp_dir, ignore_errors=True)
     plan_changes, config_changes = VARIANTS[name]
     return {"variant": name, "seed": seed, "plan": plan_changes, "config": config_changes,
-            "steps": plan.steps, **rows}
+            "steps": plan.steps, "tf32": tf32, **rows}
 
 
 def summarise(rows: list[dict], baselines: dict) -> str:
@@ -209,6 +224,9 @@ def main(argv=None) -> int:
                         help="change the demo corpus (capsv.prep.synth.corpus.CorpusConfig fields)")
     parser.add_argument("--steps_factor", type=float, default=1.0,
                         help="scale every variant's steps (a smoke run: 0.02)")
+    parser.add_argument("--no_tf32", action="store_true",
+                        help="on a GPU, convolutions in full float32 as on the CPU (cuDNN's "
+                             "default is TF32)")
     parser.add_argument("--timeout", type=float, default=4 * 3600,
                         help="seconds for the whole sweep; runs not finished by then are "
                              "reported as missing (default: %(default)s)")
@@ -254,7 +272,7 @@ def sweep(args, changes: dict) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     pool = cf.ProcessPoolExecutor(args.jobs, mp_context=context, max_tasks_per_child=1)
     futures = {pool.submit(run_one, n, s, args.data, corpus_dir, args.device, args.steps_factor,
-                           tuple(args.encoders)): (n, s) for n, s in jobs}
+                           tuple(args.encoders), not args.no_tf32): (n, s) for n, s in jobs}
     try:
         for future in cf.as_completed(futures, timeout=args.timeout):
             name, seed = futures[future]
