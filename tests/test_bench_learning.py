@@ -27,6 +27,7 @@ MORE_COMPUTE = {"2x-lr0.01": 2, "4x-lr0.01": 4, "thin-lr0.01": 2.4, "thin-crop10
                 "thin-crop100-cl": 3.75, "thin-crop150-cl": 3.75, "thin-crop150-cl-360": 4.5,
                 "thin-crop200-cl": 3.73,
                 "demo": crop_seconds(demo_sweep.demo.FULL) / crop_seconds(demo_sweep.FULL)}
+MORE_COMPUTE.update({f"demo-x{k}": k * MORE_COMPUTE["demo"] for k in (2, 4, 8)})
 
 
 @pytest.mark.parametrize("name", sorted(demo_sweep.VARIANTS))
