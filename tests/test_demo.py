@@ -101,3 +101,48 @@ def test_a_corpus_with_other_settings_goes_to_its_own_folder(tmp_path):
     assert first == corpus_folder(str(tmp_path), "quick", replace(TINY.corpus))
     assert first != corpus_folder(str(tmp_path), "quick", replace(TINY.corpus, trials=22))
     assert first != corpus_folder(str(tmp_path), "full", TINY.corpus)
+
+
+def test_the_long_plan_keeps_the_demos_test_set_and_trains_more():
+    """`capsv demo --long` is the demo with more training speakers and steps; its scores are
+    only comparable with the demo's if its test speakers and trials are the same."""
+    from dataclasses import replace
+    from capsv.demo import LONG
+    from capsv.prep.synth.corpus import TEST
+    per_test = FULL.corpus.clips_per_speaker(TEST)
+    assert LONG.corpus == replace(FULL.corpus, speakers=5 * FULL.corpus.speakers,
+                                  test_utterances=per_test)
+    assert LONG.corpus.clips_per_speaker(TEST) == per_test
+    assert LONG.steps == 8 * FULL.steps
+    assert replace(LONG, corpus=FULL.corpus, steps=FULL.steps, curve_points=FULL.curve_points) == FULL
+
+
+def test_more_training_speakers_leave_the_test_files_and_trials_as_they_are(tmp_path):
+    """The generator property the long demo relies on: the test speakers' audio and the trial
+    list do not depend on how many training speakers there are."""
+    import hashlib
+    from dataclasses import replace
+    from capsv.prep.synth.corpus import generate_corpus
+
+    def test_side(corpus, name):
+        out = tmp_path / name
+        generate_corpus(corpus, str(out), workers=1, progress=False)
+        files = sorted(p for p in out.rglob("*.wav") if p.relative_to(out).parts[-3].startswith("id9"))
+        assert files, "no test speakers' files found"
+        return ((out / "veri_test.txt").read_bytes(),
+                {str(p.relative_to(out)): hashlib.md5(p.read_bytes()).hexdigest() for p in files})
+
+    small = replace(TINY.corpus, test_utterances=TINY.corpus.utterances)
+    assert test_side(small, "few") == test_side(replace(small, speakers=9, utterances=3), "more")
+
+
+def test_quick_and_long_together_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--quick", "--long", "--data_dir", str(tmp_path)])
+    assert exc.value.code == 2
+    config = tmp_path / "both.yaml"
+    config.write_text("quick: true\nlong: true\n")
+    assert main(["demo", "--config", str(config), "--data_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--quick and --long" in err and "Traceback" not in err
+    assert not (tmp_path / "exps").exists()

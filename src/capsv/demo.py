@@ -45,7 +45,7 @@ from .evaluation.pipeline import evaluate_list
 from .evaluation.report import write_comparison, write_report
 from .errors import CapsvError
 from .models.checkpoint import load_model
-from .prep.synth.corpus import DEMO_CORPUS, SYNTH_VERSION, CorpusConfig, generate_corpus
+from .prep.synth.corpus import DEMO_CORPUS, SYNTH_VERSION, TEST, CorpusConfig, generate_corpus
 from .protocol import EVAL_FRAMES, NUM_EVAL
 from .train import latest_checkpoint, train
 from .utils import atomic_write_text
@@ -75,6 +75,13 @@ QUICK = DemoPlan(dataclasses.replace(DEMO_CORPUS, speakers=96, test_speakers=20,
                                      test_utterances=16, min_seconds=1.5, max_seconds=2.5,
                                      trials=2000),
                  steps=60, batch_size=24, curve_points=2)
+# What beating the baseline's minDCF took on a GPU (bench/learning/RESULTS.md, "What it would
+# take"): five times the training speakers, the same test speakers and trials, and eight
+# times the steps. About 45 minutes on 2 CPU cores.
+LONG = DemoPlan(dataclasses.replace(FULL.corpus, speakers=500,
+                                    test_utterances=FULL.corpus.clips_per_speaker(TEST)),
+                steps=8 * FULL.steps, max_frames=FULL.max_frames, curve_points=8)
+PLANS = {"quick": QUICK, "full": FULL, "long": LONG}
 BASELINES = (("baseline: mean MFCC", "mean"), ("baseline: MFCC mean+std", "mean+std"))
 BASELINE_SLUGS = {"baseline: mean MFCC": "baseline", "baseline: MFCC mean+std": "baseline_meanstd"}
 ENCODERS = ("TAP", "CAP")
@@ -250,13 +257,13 @@ def format_table(systems: list[SystemResult]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(data_dir: str = "data/demo", report_dir: str = "demo_report", quick: bool = False,
-             progress: bool = True, log=print, plan: DemoPlan | None = None) -> list[SystemResult]:
+def run_demo(data_dir: str = "data/demo", report_dir: str = "demo_report",
+             plan: str | DemoPlan = "full", progress: bool = True, log=print) -> list[SystemResult]:
     """Run the demo; returns the two baselines', TAP's and CAP's results (in that order).
-    ``plan`` replaces the quick or full plan (tests use a tiny one)."""
-    plan = plan or (QUICK if quick else FULL)
+    ``plan``: a name in ``PLANS`` or a plan of its own (tests use a tiny one)."""
+    kind, plan = (plan, PLANS[plan]) if isinstance(plan, str) else ("custom", plan)
     start = time.time()
-    corpus_dir = corpus_folder(data_dir, "quick" if quick else "full", plan.corpus)
+    corpus_dir = corpus_folder(data_dir, kind, plan.corpus)
     log(f"[1/4] corpus: {corpus_dir}")
     corpus = generate_corpus(plan.corpus, corpus_dir, progress=progress)
     log(f"  {corpus.n_files} clips, {corpus.audio_seconds / 60:.1f} min of audio "
@@ -270,7 +277,7 @@ def run_demo(data_dir: str = "data/demo", report_dir: str = "demo_report", quick
 
     how = "side by side, one process each" if plan.side_by_side else "one after the other"
     log(f"[3/4] train {plan.model} with TAP and with CAP ({how})")
-    runs = train_models(plan, corpus_dir, os.path.join(data_dir, "exps", "quick" if quick else "full"), log)
+    runs = train_models(plan, corpus_dir, os.path.join(data_dir, "exps", kind), log)
 
     log("[4/4] evaluate both networks on the held-out speakers")
     for encoder in ENCODERS:
