@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.capsv-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow demo bench bench-scale clean
+.PHONY: install test test-slow test-long demo bench bench-scale clean
 
 install: $(STAMP)
 
@@ -21,7 +21,10 @@ test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: install
-	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "slow and not long" $(PYTEST_ARGS)
+
+test-long: install
+	$(BIN)/python -m pytest -q -m long $(PYTEST_ARGS)
 
 demo: install
 	$(BIN)/capsv demo

@@ -75,9 +75,9 @@ QUICK = DemoPlan(dataclasses.replace(DEMO_CORPUS, speakers=96, test_speakers=20,
                                      test_utterances=16, min_seconds=1.5, max_seconds=2.5,
                                      trials=2000),
                  steps=60, batch_size=24, curve_points=2)
-# What beating the baseline's minDCF took on a GPU (bench/learning/RESULTS.md, "What it would
-# take"): five times the training speakers, the same test speakers and trials, and eight
-# times the steps. About 45 minutes on 2 CPU cores.
+# What beating the baseline's minDCF took (bench/learning/RESULTS.md, "What it would take"):
+# five times the training speakers, the same test speakers and trials, and eight times the
+# steps. About 42 minutes on 2 CPU cores.
 LONG = DemoPlan(dataclasses.replace(FULL.corpus, speakers=500,
                                     test_utterances=FULL.corpus.clips_per_speaker(TEST)),
                 steps=8 * FULL.steps, max_frames=FULL.max_frames, curve_points=8)
