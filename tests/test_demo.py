@@ -1,5 +1,5 @@
 """`capsv demo` end to end. The real demos are slow (minutes on 2 cores), so excluded from
-`make test`: run them with `make test-slow` (the long one, 45 minutes, with `make test-long`).
+`make test`: run them with `make test-slow` (the long one, 42 minutes, with `make test-long`).
 A tiny plan checks the pipeline in `make test`.
 
 The demos end after a fixed number of optimiser steps per model, so they train the same way
@@ -75,7 +75,7 @@ def test_full_demo_networks_clearly_beat_both_baselines(tmp_path):
 @pytest.mark.slow
 @pytest.mark.long
 def test_long_demo_networks_clearly_beat_both_baselines(tmp_path):
-    """`capsv demo --long` (about 45 minutes on 2 cores; `make test-long`) is held to the
+    """`capsv demo --long` (about 42 minutes on 2 cores; `make test-long`) is held to the
     same margin, minDCF included."""
     _, systems = run_cli_demo(tmp_path, "--long")
     assert_networks_clearly_beat_both_baselines(systems)
