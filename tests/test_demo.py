@@ -109,6 +109,28 @@ def test_a_second_demo_run_trains_afresh_and_reuses_the_corpus(tmp_path):
         assert [s.curve[-1]["steps"] for s in systems[2:]] == [2, 2]
     assert sum("already there" in line for line in lines) == 1
     assert sum("replacing the earlier demo run" in line for line in lines) == 2
+    from capsv.utils import resolve_device
+    where = str(resolve_device("auto"))          # the default: CUDA when there is one
+    assert json.loads((tmp_path / "report" / "demo.json").read_text())["device"] == where
+    assert sum(f"on {where})" in line for line in lines) == 2
+
+
+def test_the_demo_trains_on_the_device_it_is_given(tmp_path):
+    from capsv.demo import training_config
+    for device in ("cpu", "cuda:1"):
+        assert training_config("CAP", FULL, "corpus", "exp", device)["device"] == device
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda"])
+def test_an_unusable_device_is_refused_before_any_work(tmp_path, capsys, device):
+    import torch
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA, so --device cuda is usable here")
+    assert main(["demo", "--quick", "--device", device, "--data_dir", str(tmp_path / "data"),
+                 "--report_dir", str(tmp_path / "report"), "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--device {device}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists() and not (tmp_path / "report").exists()
 
 
 def test_a_corpus_with_other_settings_goes_to_its_own_folder(tmp_path):

@@ -48,7 +48,7 @@ from .models.checkpoint import load_model
 from .prep.synth.corpus import DEMO_CORPUS, SYNTH_VERSION, TEST, CorpusConfig, generate_corpus
 from .protocol import EVAL_FRAMES, NUM_EVAL
 from .train import latest_checkpoint, train
-from .utils import atomic_write_text
+from .utils import atomic_write_text, resolve_device
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,8 @@ class SystemResult:
     last_loss: float | None = None
 
 
-def training_config(encoder: str, plan: DemoPlan, corpus_dir: str, exp_dir: str) -> dict:
+def training_config(encoder: str, plan: DemoPlan, corpus_dir: str, exp_dir: str,
+                    device: str = "cpu") -> dict:
     """The demo's recipe: bench/learning's short-budget one (configs/cpu_quick_*.yaml) on the
     procedural corpus, ended by a step count; evaluated along the way for the curve."""
     return dict(model=plan.model, encoder_type=encoder, trainfunc="proto", global_clf=True,
@@ -118,8 +119,7 @@ def training_config(encoder: str, plan: DemoPlan, corpus_dir: str, exp_dir: str)
                 train_list=os.path.join(corpus_dir, "train_list.txt"), train_path=corpus_dir,
                 test_list=os.path.join(corpus_dir, "veri_test.txt"), test_path=corpus_dir,
                 save_path=exp_dir, nDataLoaderThread=0, seed=0, no_progress=True,
-                channels_last=plan.channels_last,
-                device="cpu" if plan.side_by_side else "auto")
+                channels_last=plan.channels_last, device=device)
 
 
 def _train_logged(config: dict, log_path: str) -> None:
@@ -133,6 +133,10 @@ def _train_in_child(config: dict, log_path: str, threads: int) -> None:
     written to its log, which the parent names."""
     import torch
     torch.set_num_threads(threads)
+    # float32 on a GPU too: TF32 convolutions (cuDNN's default on Ampere and later) round
+    # differently from the CPU, and the demo's plan was measured in float32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     try:
         _train_logged(config, log_path)
     except BaseException as exc:
@@ -141,9 +145,10 @@ def _train_in_child(config: dict, log_path: str, threads: int) -> None:
         raise SystemExit(1)
 
 
-def train_models(plan: DemoPlan, corpus_dir: str, exp_root: str, log) -> dict[str, str]:
-    """Train TAP and CAP (side by side in two processes, or one after the other); returns
-    {encoder: save_path}. Shows each model's epochs as they finish."""
+def train_models(plan: DemoPlan, corpus_dir: str, exp_root: str, log,
+                 device: str = "cpu") -> dict[str, str]:
+    """Train TAP and CAP on ``device`` (side by side in two processes, or one after the other);
+    returns {encoder: save_path}. Shows each model's epochs as they finish."""
     runs = {}
     for encoder in ENCODERS:
         exp_dir = os.path.join(exp_root, encoder)
@@ -152,7 +157,7 @@ def train_models(plan: DemoPlan, corpus_dir: str, exp_root: str, log) -> dict[st
             shutil.rmtree(exp_dir)
         os.makedirs(exp_dir)
         runs[encoder] = exp_dir
-    configs = {e: training_config(e, plan, corpus_dir, d) for e, d in runs.items()}
+    configs = {e: training_config(e, plan, corpus_dir, d, device) for e, d in runs.items()}
     logs = {e: os.path.join(d, "train.log") for e, d in runs.items()}
     for encoder in ENCODERS:
         log(f"  {encoder}: {plan.steps} steps of {plan.batch_size} speakers x {plan.n_speakers} "
@@ -203,7 +208,7 @@ def _rows(path: str) -> list[dict]:
 
 
 def _evaluate_run(encoder: str, exp_dir: str, test_list: str, corpus_dir: str, plan: DemoPlan,
-                  progress: bool, log) -> SystemResult:
+                  progress: bool, log, device: str = "cpu") -> SystemResult:
     """Score the trials with the run's final model, under the protocol its trainer chose
     (stored beside its threshold: whole utterances when most test files are short)."""
     summary = latest_checkpoint(exp_dir, log=lambda *_: None)
@@ -214,7 +219,7 @@ def _evaluate_run(encoder: str, exp_dir: str, test_list: str, corpus_dir: str, p
     protocol = meta.get("eval_protocol", {"eval_frames": plan.eval_frames, "num_eval": plan.num_eval})
     net, _ = load_model(path)
     result = evaluate_list(net, test_list, corpus_dir, protocol["eval_frames"], protocol["num_eval"],
-                           progress=progress)
+                           device=device, progress=progress)
     labels = np.array([t.label for t in result.trials])
     epochs = _rows(os.path.join(exp_dir, "result", "metrics.jsonl"))
     seconds = sum(r["seconds"] for r in epochs)
@@ -258,10 +263,13 @@ def format_table(systems: list[SystemResult]) -> str:
 
 
 def run_demo(data_dir: str = "data/demo", report_dir: str = "demo_report",
-             plan: str | DemoPlan = "full", progress: bool = True, log=print) -> list[SystemResult]:
+             plan: str | DemoPlan = "full", progress: bool = True, log=print,
+             device: str = "auto") -> list[SystemResult]:
     """Run the demo; returns the two baselines', TAP's and CAP's results (in that order).
-    ``plan``: a name in ``PLANS`` or a plan of its own (tests use a tiny one)."""
+    ``plan``: a name in ``PLANS`` or a plan of its own (tests use a tiny one). ``device``:
+    where the networks train and score ("auto": CUDA when available, else the CPU cores)."""
     kind, plan = (plan, PLANS[plan]) if isinstance(plan, str) else ("custom", plan)
+    device = str(resolve_device(device))     # an unusable --device fails before any work
     start = time.time()
     corpus_dir = corpus_folder(data_dir, kind, plan.corpus)
     log(f"[1/4] corpus: {corpus_dir}")
@@ -276,18 +284,19 @@ def run_demo(data_dir: str = "data/demo", report_dir: str = "demo_report",
                             results[stats].metrics.as_dict()) for name, stats in BASELINES]
 
     how = "side by side, one process each" if plan.side_by_side else "one after the other"
-    log(f"[3/4] train {plan.model} with TAP and with CAP ({how})")
-    runs = train_models(plan, corpus_dir, os.path.join(data_dir, "exps", kind), log)
+    log(f"[3/4] train {plan.model} with TAP and with CAP ({how}, on {device})")
+    runs = train_models(plan, corpus_dir, os.path.join(data_dir, "exps", kind), log, device)
 
     log("[4/4] evaluate both networks on the held-out speakers")
     for encoder in ENCODERS:
-        systems.append(_evaluate_run(encoder, runs[encoder], test_list, corpus_dir, plan, progress, log))
-    _write(report_dir, systems, test_list, plan, time.time() - start)
+        systems.append(_evaluate_run(encoder, runs[encoder], test_list, corpus_dir, plan, progress,
+                                     log, device))
+    _write(report_dir, systems, test_list, plan, time.time() - start, device)
     return systems
 
 
 def _write(report_dir: str, systems: list[SystemResult], test_list: str, plan: DemoPlan,
-           total_s: float) -> None:
+           total_s: float, device: str = "cpu") -> None:
     from .data.lists import read_trials
     trials = read_trials(test_list)
     for s in systems:
@@ -296,11 +305,11 @@ def _write(report_dir: str, systems: list[SystemResult], test_list: str, plan: D
                             "epochs": s.epochs})
     write_comparison(report_dir, {s.name: (s.scores, s.labels) for s in systems},
                      title="Unseen speakers of the built-in corpus")
-    plot_learning_curves(os.path.join(report_dir, "learning_curve.png"), systems)
+    plot_learning_curves(os.path.join(report_dir, "learning_curve.png"), systems, device)
     table = format_table(systems)
     atomic_write_text(os.path.join(report_dir, "table.txt"), table + "\n")
     atomic_write_text(os.path.join(report_dir, "demo.json"), json.dumps({
-        "plan": dataclasses.asdict(plan), "total_seconds": total_s,
+        "plan": dataclasses.asdict(plan), "device": device, "total_seconds": total_s,
         "systems": {s.name: {**s.metrics, "train_seconds": s.train_seconds,
                              "samples_per_s": s.samples_per_s, "epochs": s.epochs,
                              "first_loss": s.first_loss, "last_loss": s.last_loss,
@@ -308,7 +317,7 @@ def _write(report_dir: str, systems: list[SystemResult], test_list: str, plan: D
     }, indent=2, default=str) + "\n")
 
 
-def plot_learning_curves(path: str, systems: list[SystemResult]) -> None:
+def plot_learning_curves(path: str, systems: list[SystemResult], device: str = "cpu") -> None:
     """EER against training seconds for the networks, the baselines as flat lines."""
     import matplotlib
     matplotlib.use("Agg")
@@ -323,7 +332,8 @@ def plot_learning_curves(path: str, systems: list[SystemResult]) -> None:
         else:
             ax.axhline(s.metrics["EER"], linestyle=next(flat_styles, ":"), color="grey",
                        label=f"{s.name} ({s.metrics['EER']:.1f} %)")
-    ax.set_xlabel("training seconds (wall clock, one core per model)")
+    where = "one core per model" if device == "cpu" else f"both models on {device}"
+    ax.set_xlabel(f"training seconds (wall clock, {where})")
     ax.set_ylabel("EER % on unseen speakers")
     ax.set_title("Learning curves of the demo")
     ax.grid(alpha=0.3)
