@@ -25,6 +25,9 @@ after the other, because a thread per model wastes no time waiting for the other
 trainer evaluates along the way (the learning curve) and, since most demo files are shorter
 than one 3.5 s crop, scores whole utterances (capsv.evaluation.policy), as the demo's final scoring
 does.
+
+Where there is a GPU (``device="auto"``, or ``--device cuda``) both processes train on it, in
+float32 with TF32 off; the plan is the same, so the GPU changes the time, not the recipe.
 """
 from __future__ import annotations
 
