@@ -9,12 +9,18 @@ loss; the full one (what `make demo` runs) and the long one are held to a learni
 over the baselines.
 """
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from capsv.cli import main
 from capsv.demo import FULL, LONG, QUICK, DemoPlan, run_demo, system_name
 from capsv.prep.synth.corpus import CorpusConfig
+from processes import alive, capsv_env, default_stop_signals, kill_group, wait_for_pauses
 
 NETWORKS = tuple(system_name(QUICK, e) for e in ("TAP", "CAP"))
 FULL_NETWORKS = tuple(system_name(FULL, e) for e in ("TAP", "CAP"))
@@ -185,3 +191,30 @@ def test_quick_and_long_together_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--quick and --long" in err and "Traceback" not in err
     assert not (tmp_path / "exps").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_training_processes_die_with_the_demo(tmp_path, signum):
+    """The demo dies (killed, so no cleanup runs) while its two training processes are
+    mid-run (hook pause_after_step: they wait a minute): they must be gone within seconds."""
+    plan = ("DemoPlan(CorpusConfig(speakers=4, test_speakers=4, utterances=4, min_seconds=1.0, "
+            "max_seconds=1.2, trials=20, seed=3), steps=50, max_frames=20, batch_size=2, "
+            "eval_frames=30, num_eval=1, curve_points=1)")
+    code = ("from capsv.demo import DemoPlan, run_demo\n"
+            "from capsv.prep.synth.corpus import CorpusConfig\n"
+            f"run_demo({str(tmp_path / 'data')!r}, {str(tmp_path / 'report')!r}, plan={plan}, "
+            "progress=False, device='cpu')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=capsv_env(CAPSV_FAULT="pause_after_step"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=default_stop_signals)
+    try:
+        trainers = wait_for_pauses(proc, "pause_after_step", 2)
+        os.kill(proc.pid, signum)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(map(alive, trainers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        orphans = [pid for pid in trainers if alive(pid)]
+    finally:
+        kill_group(proc)
+    assert not orphans, f"training processes {orphans} outlived the demo"

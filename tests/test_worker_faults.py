@@ -6,7 +6,6 @@ kills the group afterwards, so a regression fails by timeout instead of hanging 
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import torch
 from capsv.models.checkpoint import save_checkpoint
 from capsv.models import SpeakerNet
 
+from processes import alive, capsv_env, default_stop_signals, group, kill_group, wait_for_pauses
 from speech_like import make_corpus, write_train_list
 
 SR = 16000
@@ -50,14 +50,6 @@ def corpus(tmp_path_factory):
     return root
 
 
-def _env(**extra) -> dict:
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1", CAPSV_FAULT="")
-    env.update(extra)
-    return env
-
-
 def _command(root: Path, name: str, bad: str, workers: int, save: Path) -> list[str]:
     common = ["--nDataLoaderThread", str(workers), "--device", "cpu", "--no_progress"]
     if name == "eval":
@@ -75,48 +67,10 @@ def _command(root: Path, name: str, bad: str, workers: int, save: Path) -> list[
             "--save_path", str(save), *common]
 
 
-def _default_stop_signals() -> None:
-    """In the child: SIGINT/SIGTERM as in a foreground command. A test run started in the
-    background by a non-interactive shell inherits SIGINT ignored, and so would the command."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def _start(args: list[str], **env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "capsv.cli", *args], env=_env(**env),
+    return subprocess.Popen([sys.executable, "-m", "capsv.cli", *args], env=capsv_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=_default_stop_signals)
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
-    except FileNotFoundError:
-        return False
-
-
-def _group(pgid: int) -> list[int]:
-    """Live processes of process group ``pgid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except (FileNotFoundError, IndexError, ProcessLookupError):
-                continue
-            if int(fields[2]) == pgid and _alive(int(entry)):
-                found.append(int(entry))
-    return found
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
+                            start_new_session=True, preexec_fn=default_stop_signals)
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str, str, float]:
@@ -125,7 +79,7 @@ def _finish(proc: subprocess.Popen) -> tuple[int, str, str, float]:
     try:
         out, err = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        kill_group(proc)
         pytest.fail(f"the command hung: no exit within {TIMEOUT_S} s")
     return proc.returncode, out, err, time.monotonic() - start
 
@@ -138,7 +92,7 @@ def test_a_worker_error_ends_the_command_at_once_with_one_line(corpus, tmp_path,
     and the worker's one-line error (as with 0 workers), in seconds, and leaves no process."""
     proc = _start(_command(corpus, name, bad, 2, tmp_path / "run"))
     rc, out, err, seconds = _finish(proc)
-    leftover = _group(proc.pid)
+    leftover = group(proc.pid)
     for pid in leftover:
         os.kill(pid, signal.SIGKILL)
     assert rc == 2, (rc, err[-2000:])
@@ -150,23 +104,6 @@ def test_a_worker_error_ends_the_command_at_once_with_one_line(corpus, tmp_path,
 
 
 # ----------------------------------------------------------------- workers die with the run
-def _wait_for_paused_workers(proc: subprocess.Popen, count: int, limit_s: float = 90) -> list[int]:
-    """Pids of the workers that announced ``capsv-fault: paused at pause_in_worker (pid N)``."""
-    pids, text = [], ""
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stderr, selectors.EVENT_READ)
-    deadline = time.monotonic() + limit_s
-    while len(pids) < count and time.monotonic() < deadline and proc.poll() is None:
-        if selector.select(timeout=1):
-            line = proc.stderr.readline()
-            text += line
-            if "paused at pause_in_worker" in line:
-                pids.append(int(line.rsplit("pid ", 1)[1].rstrip(")\n")))
-    selector.close()
-    assert len(pids) == count, f"the workers never paused:\n{text[-2000:]}"
-    return pids
-
-
 @pytest.mark.parametrize("name", ["train", "eval"])
 def test_workers_die_with_a_sigkilled_main_process(corpus, tmp_path, name):
     """The main process dies by SIGKILL while its 2 workers are busy (hook pause_in_worker:
@@ -174,15 +111,15 @@ def test_workers_die_with_a_sigkilled_main_process(corpus, tmp_path, name):
     bad = "nan.wav" if name == "eval" else "body.flac"
     proc = _start(_command(corpus, name, bad, 2, tmp_path / "run"), CAPSV_FAULT="pause_in_worker")
     try:
-        workers = _wait_for_paused_workers(proc, 2)
+        workers = wait_for_pauses(proc, "pause_in_worker", 2)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while any(map(_alive, workers)) and time.monotonic() < deadline:
+        while any(map(alive, workers)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        orphans = [pid for pid in workers if _alive(pid)]
+        orphans = [pid for pid in workers if alive(pid)]
     finally:
-        _kill_group(proc)
+        kill_group(proc)
     assert not orphans, f"workers {orphans} outlived their main process"
 
 
@@ -193,12 +130,12 @@ def test_a_worker_killed_by_the_system_ends_the_run_with_one_line(corpus, tmp_pa
     bad = "nan.wav" if name == "eval" else "body.flac"
     proc = _start(_command(corpus, name, bad, 2, tmp_path / "run"), CAPSV_FAULT="pause_in_worker")
     try:
-        workers = _wait_for_paused_workers(proc, 2)
+        workers = wait_for_pauses(proc, "pause_in_worker", 2)
         os.kill(workers[0], signal.SIGKILL)
         rc, _, err, _ = _finish(proc)
-        leftover = [pid for pid in workers if _alive(pid)]
+        leftover = [pid for pid in workers if alive(pid)]
     finally:
-        _kill_group(proc)
+        kill_group(proc)
     lines = [line for line in err.splitlines() if line.strip() and "capsv-fault" not in line]
     assert rc == 2 and len(lines) == 1, (rc, err[-2000:])
     assert f"a data-loading worker process (pid {workers[0]}) died" in lines[0]
@@ -214,13 +151,13 @@ def test_a_signal_to_the_group_during_eval_with_busy_workers_exits_and_leaves_no
     proc = _start(_command(corpus, "eval", "nan.wav", 2, tmp_path / "run"),
                   CAPSV_FAULT="pause_in_worker")
     try:
-        workers = _wait_for_paused_workers(proc, 2)
+        workers = wait_for_pauses(proc, "pause_in_worker", 2)
         os.killpg(proc.pid, signum)
         rc, _, err, seconds = _finish(proc)
         time.sleep(0.5)
-        leftover = [pid for pid in workers if _alive(pid)]
+        leftover = [pid for pid in workers if alive(pid)]
     finally:
-        _kill_group(proc)
+        kill_group(proc)
     assert rc in (code, -signum), (rc, err[-2000:])
     assert not leftover and seconds < 60
     assert "Traceback" not in err
@@ -252,7 +189,7 @@ def test_a_fifo_is_refused_not_waited_on(corpus, tmp_path, where):
                 "lambda p: audio.audio_info(p)):\n"
                 "    try:\n        read(%r)\n    except audio.AudioError as exc:\n"
                 "        print(exc)\n" % str(fifo))
-        proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), text=True,
+        proc = subprocess.Popen([sys.executable, "-c", code], env=capsv_env(), text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
         rc, out, err, _ = _finish(proc)
@@ -283,7 +220,7 @@ def test_a_conversion_worker_that_dies_fails_the_run_instead_of_hanging(tmp_path
               "except CapsvError as exc:\n"
               "    print(exc)\n"
               "    sys.exit(2)\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], env=_env(), text=True,
+    proc = subprocess.Popen([sys.executable, "-c", script], env=capsv_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             cwd=tmp_path)
     rc, out, err, _ = _finish(proc)

@@ -133,8 +133,11 @@ def _train_logged(config: dict, log_path: str) -> None:
 
 def _train_in_child(config: dict, log_path: str, threads: int) -> None:
     """One model's training in its own process with ``threads`` threads; a failure is
-    written to its log, which the parent names."""
+    written to its log, which the parent names. It dies with the demo: a demo killed by
+    SIGTERM or SIGKILL runs no cleanup, and the demo retrains from scratch anyway."""
     import torch
+    from .workers import die_with_parent
+    die_with_parent()
     torch.set_num_threads(threads)
     # float32 on a GPU too: TF32 convolutions (cuDNN's default on Ampere and later) round
     # differently from the CPU, and the demo's plan was measured in float32
