@@ -74,3 +74,18 @@ def wait_for_pauses(proc: subprocess.Popen, point: str, count: int, limit_s: flo
     selector.close()
     assert len(pids) == count, f"{count} processes never paused at {point}:\n{text[-2000:]}"
     return pids
+
+
+def orphans_after_killing(proc: subprocess.Popen, children: list[int], signum: int,
+                          grace_s: float = 10) -> list[int]:
+    """Send ``signum`` to the command alone (not its group); the ``children`` still alive
+    ``grace_s`` seconds after it died. The whole group is SIGKILLed afterwards either way."""
+    try:
+        os.kill(proc.pid, signum)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + grace_s
+        while any(map(alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return [pid for pid in children if alive(pid)]
+    finally:
+        kill_group(proc)

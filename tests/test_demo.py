@@ -13,14 +13,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from capsv.cli import main
 from capsv.demo import FULL, LONG, QUICK, DemoPlan, run_demo, system_name
 from capsv.prep.synth.corpus import CorpusConfig
-from processes import alive, capsv_env, default_stop_signals, kill_group, wait_for_pauses
+from processes import capsv_env, default_stop_signals, kill_group, orphans_after_killing, wait_for_pauses
 
 NETWORKS = tuple(system_name(QUICK, e) for e in ("TAP", "CAP"))
 FULL_NETWORKS = tuple(system_name(FULL, e) for e in ("TAP", "CAP"))
@@ -209,12 +208,8 @@ def test_training_processes_die_with_the_demo(tmp_path, signum):
                             start_new_session=True, preexec_fn=default_stop_signals)
     try:
         trainers = wait_for_pauses(proc, "pause_after_step", 2)
-        os.kill(proc.pid, signum)
-        proc.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while any(map(alive, trainers)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        orphans = [pid for pid in trainers if alive(pid)]
-    finally:
+    except BaseException:
         kill_group(proc)
+        raise
+    orphans = orphans_after_killing(proc, trainers, signum)
     assert not orphans, f"training processes {orphans} outlived the demo"

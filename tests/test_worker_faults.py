@@ -20,7 +20,8 @@ import torch
 from capsv.models.checkpoint import save_checkpoint
 from capsv.models import SpeakerNet
 
-from processes import alive, capsv_env, default_stop_signals, group, kill_group, wait_for_pauses
+from processes import (alive, capsv_env, default_stop_signals, group, kill_group,
+                       orphans_after_killing, wait_for_pauses)
 from speech_like import make_corpus, write_train_list
 
 SR = 16000
@@ -112,14 +113,10 @@ def test_workers_die_with_a_sigkilled_main_process(corpus, tmp_path, name):
     proc = _start(_command(corpus, name, bad, 2, tmp_path / "run"), CAPSV_FAULT="pause_in_worker")
     try:
         workers = wait_for_pauses(proc, "pause_in_worker", 2)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while any(map(alive, workers)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        orphans = [pid for pid in workers if alive(pid)]
-    finally:
+    except BaseException:
         kill_group(proc)
+        raise
+    orphans = orphans_after_killing(proc, workers, signal.SIGKILL)
     assert not orphans, f"workers {orphans} outlived their main process"
 
 
