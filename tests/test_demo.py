@@ -19,7 +19,8 @@ import pytest
 from capsv.cli import main
 from capsv.demo import FULL, LONG, QUICK, DemoPlan, run_demo, system_name
 from capsv.prep.synth.corpus import CorpusConfig
-from processes import capsv_env, default_stop_signals, kill_group, orphans_after_killing, wait_for_pauses
+from processes import (alive, capsv_env, default_stop_signals, group, kill_group,
+                       orphans_after_killing, wait_for_pauses)
 
 NETWORKS = tuple(system_name(QUICK, e) for e in ("TAP", "CAP"))
 FULL_NETWORKS = tuple(system_name(FULL, e) for e in ("TAP", "CAP"))
@@ -192,20 +193,25 @@ def test_quick_and_long_together_are_refused(tmp_path, capsys):
     assert not (tmp_path / "exps").exists()
 
 
+def _start_tiny_demo(tmp_path, fault: str) -> subprocess.Popen:
+    """``capsv demo --quick`` in a new session, with the quick plan swapped for TINY (whose
+    50 steps outlast the test) and fault hook ``fault`` armed."""
+    from dataclasses import replace
+    code = ("import sys\nfrom capsv import demo\nfrom capsv.cli import main\n"
+            "from capsv.demo import DemoPlan\nfrom capsv.prep.synth.corpus import CorpusConfig\n"
+            f"demo.PLANS['quick'] = {replace(TINY, steps=50)!r}\n"
+            f"sys.exit(main(['demo', '--quick', '--device', 'cpu', '--no_progress', "
+            f"'--data_dir', {str(tmp_path / 'data')!r}, '--report_dir', {str(tmp_path / 'report')!r}]))\n")
+    return subprocess.Popen([sys.executable, "-c", code], env=capsv_env(CAPSV_FAULT=fault),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=default_stop_signals)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_training_processes_die_with_the_demo(tmp_path, signum):
     """The demo dies (killed, so no cleanup runs) while its two training processes are
     mid-run (hook pause_after_step: they wait a minute): they must be gone within seconds."""
-    plan = ("DemoPlan(CorpusConfig(speakers=4, test_speakers=4, utterances=4, min_seconds=1.0, "
-            "max_seconds=1.2, trials=20, seed=3), steps=50, max_frames=20, batch_size=2, "
-            "eval_frames=30, num_eval=1, curve_points=1)")
-    code = ("from capsv.demo import DemoPlan, run_demo\n"
-            "from capsv.prep.synth.corpus import CorpusConfig\n"
-            f"run_demo({str(tmp_path / 'data')!r}, {str(tmp_path / 'report')!r}, plan={plan}, "
-            "progress=False, device='cpu')\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=capsv_env(CAPSV_FAULT="pause_after_step"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=default_stop_signals)
+    proc = _start_tiny_demo(tmp_path, "pause_after_step")
     try:
         trainers = wait_for_pauses(proc, "pause_after_step", 2)
     except BaseException:
@@ -213,3 +219,21 @@ def test_training_processes_die_with_the_demo(tmp_path, signum):
         raise
     orphans = orphans_after_killing(proc, trainers, signum)
     assert not orphans, f"training processes {orphans} outlived the demo"
+
+
+def test_ctrl_c_during_training_ends_the_demo_with_one_line(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group) while both models train: exit 130 with
+    one line, no traceback, no process left."""
+    proc = _start_tiny_demo(tmp_path, "pause_after_step")
+    try:
+        trainers = wait_for_pauses(proc, "pause_after_step", 2)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        left = group(proc.pid) + [pid for pid in trainers if alive(pid)]
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("capsv demo: interrupted") and "same command again" in last, err[-2000:]
+    assert not left, f"processes {left} outlived the demo"

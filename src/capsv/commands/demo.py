@@ -56,8 +56,13 @@ def run(args: argparse.Namespace) -> int:
         raise CapsvError("--quick and --long are two different demos; give one of them")
     start = time.time()
     plan = "quick" if args.quick else "long" if args.long else "full"
-    systems = run_demo(args.data_dir, args.report_dir, plan=plan, progress=not args.no_progress,
-                       device=args.device)
+    try:
+        systems = run_demo(args.data_dir, args.report_dir, plan=plan, progress=not args.no_progress,
+                           device=args.device)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"interrupted; the same command again reuses the corpus in "
+                                f"{args.data_dir} (finishing it if it was half made) and trains "
+                                "both models afresh") from None
     print()
     print(format_table(systems))
     print(f"\nTotal {time.time() - start:.0f} s. Report: {args.report_dir}/ (det_compare.png, "
